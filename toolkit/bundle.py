@@ -1,0 +1,133 @@
+"""The run directory ("bundle"): manifest, labels and artifacts shared by every stage."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import RtkError
+from .fileio import sha256, write_json, write_text
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+LABELS = "labels.txt"
+
+
+@dataclass
+class Bundle:
+    """A run directory and its manifest (the single source of truth between stages)."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def create(cls, root: str | Path, **fields: Any) -> "Bundle":
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        manifest = {"schema": SCHEMA_VERSION, "rtk_version": __version__,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "artifacts": {}}
+        manifest.update(fields)
+        return cls(root, manifest)
+
+    @classmethod
+    def load(cls, root: str | Path) -> "Bundle":
+        root = Path(root)
+        path = root / MANIFEST
+        if not path.is_file():
+            raise RtkError(f"{root} is not an rtk run directory (no {MANIFEST}).",
+                           "Pass the --out folder of a finished `rtk finetune` run.")
+        try:
+            manifest = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise RtkError(f"{path} is not valid JSON: {exc}.", "Re-run `rtk finetune`.") from exc
+        if manifest.get("schema") != SCHEMA_VERSION:
+            raise RtkError(f"{path} has schema {manifest.get('schema')}, expected {SCHEMA_VERSION}.",
+                           "Re-run `rtk finetune` with this version of rtk.")
+        return cls(root, manifest)
+
+    # -- convenient views -------------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["classes"])
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        return dict(self.manifest["preprocessing"])
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    # -- writing ----------------------------------------------------------
+    def save(self) -> None:
+        write_json(self.root / MANIFEST, self.manifest)
+
+    def write_labels(self) -> None:
+        write_text(self.root / LABELS, "\n".join(self.classes) + "\n")
+
+    def record_artifact(self, name: str, parent: str | None = None, **info: Any) -> dict:
+        """Hash an artifact file, link it to its parent's hash, and save the manifest."""
+        entry = {"sha256": sha256(self.root / name), "parent": parent, **info}
+        if parent is not None:
+            entry["parent_sha256"] = self.manifest["artifacts"][parent]["sha256"]
+        self.manifest["artifacts"][name] = entry
+        self.save()
+        return entry
+
+    # -- reading ----------------------------------------------------------
+    def artifact(self, name: str, *, trusted: bool = True) -> Path:
+        """Path of a recorded artifact, refused when missing, stale or untrusted."""
+        entry = self.manifest["artifacts"].get(name)
+        path = self.root / name
+        if entry is None or not path.is_file():
+            raise RtkError(f"{self.root} has no {name}.", _make_hint(name))
+        if sha256(path) != entry["sha256"]:
+            raise RtkError(f"{name} was changed after rtk recorded it.", _make_hint(name))
+        parent = entry.get("parent")
+        if parent is not None:
+            current = self.manifest["artifacts"].get(parent, {}).get("sha256")
+            if current != entry.get("parent_sha256"):
+                raise RtkError(f"{name} is stale: it was made from an older {parent}.",
+                               f"Re-export: rtk export {self.root}")
+        if trusted and entry.get("trusted") is False:
+            raise RtkError(f"{name} failed its accuracy gate and is marked untrusted.",
+                           f"See the parity table in {self.root / MANIFEST}; re-export or relax the gate.")
+        return path
+
+
+def _make_hint(name: str) -> str:
+    if name.endswith((".onnx", ".plan")):
+        flag = {".fp16.onnx": " --fp16", ".int8.onnx": " --int8", ".plan": " --fp16"}
+        extra = next((v for k, v in flag.items() if name.endswith(k)), "")
+        return f"Create it with: rtk export RUN_DIR{extra}"
+    return "Re-run `rtk finetune` to create it."
+
+
+def provenance(argv: list[str] | None = None) -> dict[str, Any]:
+    """Versions, git commit and command line that produced a run."""
+    import torch
+    import torchvision
+
+    return {
+        "command": " ".join(argv if argv is not None else sys.argv),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {"rtk": __version__, "torch": torch.__version__,
+                     "torchvision": torchvision.__version__},
+        "git_commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None

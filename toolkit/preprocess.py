@@ -1,0 +1,47 @@
+"""Preprocessing recipes (recorded in the manifest) and the train/eval transforms built from them."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .imageio import eval_array
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def recipe(resize: int = 232, crop: int = 224, image_size: int | None = None,
+           source: str = "IMAGENET1K_V2") -> dict[str, Any]:
+    """The weights' eval recipe; `image_size` sets the crop and scales the resize with it."""
+    if image_size is not None and image_size != crop:
+        resize, crop = round(image_size * resize / crop), image_size
+    return {"resize": resize, "crop": crop, "interpolation": "bilinear",
+            "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "source": source}
+
+
+def eval_transform(pre: dict[str, Any]) -> Callable:
+    """PIL RGB image -> normalized CHW float tensor, identical to the served transform."""
+    import torch
+
+    return lambda img: torch.from_numpy(eval_array(img, pre))
+
+
+def train_transform(pre: dict[str, Any], level: str) -> Callable:
+    """Training augmentation at one of the card's levels, ending in the eval normalization."""
+    from torchvision.transforms import v2 as T
+    import torch
+
+    crop = pre["crop"]
+    head = {
+        "none": [T.Resize(pre["resize"], antialias=True), T.CenterCrop(crop)],
+        "light": [T.RandomResizedCrop(crop, scale=(0.5, 1.0), antialias=True),
+                  T.RandomHorizontalFlip()],
+        "standard": [T.RandomResizedCrop(crop, scale=(0.25, 1.0), antialias=True),
+                     T.RandomHorizontalFlip(), T.RandomRotation(10),
+                     T.ColorJitter(0.2, 0.2, 0.2)],
+        "heavy": [T.RandomResizedCrop(crop, scale=(0.08, 1.0), antialias=True),
+                  T.RandomHorizontalFlip(), T.RandomRotation(20),
+                  T.ColorJitter(0.4, 0.4, 0.4, 0.1)],
+    }[level]
+    return T.Compose([T.PILToTensor(), *head, T.ToDtype(torch.float32, scale=True),
+                      T.Normalize(pre["mean"], pre["std"])])

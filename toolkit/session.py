@@ -1,0 +1,278 @@
+"""One training run end to end: data, model, resume, epochs, checkpoints, the bundle."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+from . import card, checkpoint, ui
+from .bundle import Bundle, provenance
+from .data import ImageDataset, check_usable, make_loader, stratified_split
+from .datareport import summarize
+from .errors import RtkError
+from .fileio import write_json
+from .loop import (Runtime, Throughput, init_distributed, pick_amp_dtype, pick_device,
+                   predict_logits, train_one_epoch, warmup_cosine)
+from .metrics import classification, weakest
+from .scan import scan_folder
+from .train import TrainConfig, resolve, write_bundle_files
+
+
+class TrainingSession:
+    """State of a run between `prepare` and `run`; rank 0 alone writes to disk."""
+
+    def __init__(self, cfg: TrainConfig, rt: Runtime, echo: Callable, show_progress: bool):
+        self.cfg, self.rt, self.echo, self.show_progress = cfg, rt, echo, show_progress
+        self.out = Path(cfg.out)
+        self.history: list[dict] = []
+        self.best_accuracy, self.start_epoch, self.skip_batches = -1.0, 0, 0
+        self.resume_state: dict[str, Any] | None = None
+
+    # -- preparation --------------------------------------------------------
+    @classmethod
+    def prepare(cls, cfg: TrainConfig, echo: Callable = print, progress=None) -> "TrainingSession":
+        import torch
+
+        device = pick_device(cfg.device)
+        rank, world = init_distributed(device)
+        out = Path(cfg.out)
+        resume_state = None
+        if cfg.resume:
+            resume_state = checkpoint.load(out / "last.pt")
+            saved = TrainConfig(**resume_state["config"])
+            cfg = TrainConfig(**{**asdict(saved), "resume": True, "device": cfg.device})
+        elif (out / "manifest.json").exists() or (out / "last.pt").exists():
+            raise RtkError(f"{out} already holds a run.",
+                           "Continue it with --resume, or choose another --out.")
+        rt = Runtime(device, pick_amp_dtype(device, cfg.amp), rank, world)
+        self = cls(cfg, rt, echo if rank == 0 else (lambda *a, **k: None), progress is not False)
+        self.resume_state = resume_state
+        torch.manual_seed(cfg.seed)
+        self._prepare_data()
+        self.cfg = resolve(cfg, len(self.train_samples) + len(self.val_samples), device)
+        self._prepare_model()
+        return self
+
+    def _prepare_data(self) -> None:
+        cfg = self.cfg
+        scan = scan_folder(cfg.data_dir, progress=self.rt.is_main and self.show_progress)
+        check_usable(scan)
+        self.classes, self.scan = scan.classes, scan
+        if cfg.val_dir:
+            val_scan = scan_folder(cfg.val_dir, classes=scan.classes)
+            self.train_samples, self.val_samples = scan.samples, val_scan.samples
+        else:
+            self.train_samples, self.val_samples = stratified_split(scan.samples, cfg.val_split,
+                                                                    cfg.seed)
+        if not self.val_samples:
+            raise RtkError("The validation set is empty.",
+                           "Use a larger --val-split or pass --val-dir.")
+        if scan.unreadable:
+            self.echo(f"Skipped {len(scan.unreadable)} unreadable file(s); "
+                      f"they are listed in {self.out / 'report' / 'data.json'}.")
+
+    def _prepare_model(self) -> None:
+        import torch
+
+        from .model import build_model, preprocessing_for
+
+        cfg, rt = self.cfg, self.rt
+        self.preprocessing = preprocessing_for(cfg.arch, cfg.weights, cfg.image_size)
+        weights = "none" if self.resume_state else cfg.weights
+        model = build_model(cfg.arch, len(self.classes), weights)
+        if self.resume_state:
+            model.load_state_dict(self.resume_state["state_dict"])
+        self.model = model.to(rt.device, memory_format=torch.channels_last)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler(rt.device, enabled=rt.amp_dtype == torch.float16)
+        self._build_loaders()
+        total = cfg.epochs * len(self.train_loader)
+        self.scheduler = warmup_cosine(self.optimizer, total, max(1, min(total // 10, 500)))
+        if self.resume_state:
+            self._restore(self.resume_state)
+        self.train_model = self.model
+        if rt.world > 1:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model)
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)
+
+    def _build_loaders(self) -> None:
+        import torch
+
+        from .preprocess import eval_transform, train_transform
+
+        cfg, rt = self.cfg, self.rt
+        train_ds = ImageDataset(self.train_samples, train_transform(self.preprocessing, cfg.augment))
+        val_ds = ImageDataset(self.val_samples, eval_transform(self.preprocessing))
+        self.sampler = None
+        if rt.world > 1:
+            self.sampler = torch.utils.data.DistributedSampler(
+                train_ds, num_replicas=rt.world, rank=rt.rank, shuffle=True, seed=cfg.seed)
+        self.train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, device=rt.device,
+                                        seed=cfg.seed, sampler=self.sampler, world=rt.world,
+                                        drop_last=len(train_ds) > cfg.batch_size)
+        self.val_loader = make_loader(val_ds, max(cfg.batch_size, 32), shuffle=False,
+                                      device=rt.device, seed=cfg.seed, world=rt.world)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(state["rng"])
+        self.history = list(state["history"])
+        self.best_accuracy = state["best_accuracy"]
+        self.start_epoch, self.skip_batches = state["epoch"], state["step"]
+        self.echo(f"Resuming at epoch {self.start_epoch + 1}"
+                  + (f", batch {self.skip_batches + 1}" if self.skip_batches else ""))
+
+    # -- the run --------------------------------------------------------------
+    def run(self) -> Bundle:
+        cfg, rt = self.cfg, self.rt
+        bundle = self._open_bundle()
+        self.echo(f"Training {cfg.arch} on {len(self.train_samples)} images "
+                  f"({len(self.val_samples)} validation), {len(self.classes)} classes, "
+                  f"device {rt.device}, AMP {rt.amp_dtype or 'off'}, compile {cfg.compile}, "
+                  f"{rt.world} process(es).")
+        if rt.device == "cpu":
+            self.echo(card.CPU_SLOWDOWN)
+        evaluation: dict[str, Any] = {}
+        epoch = self.start_epoch
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                stats = self._train_epoch(epoch)
+                if (epoch + 1) % cfg.eval_steps == 0 or epoch + 1 == cfg.epochs:
+                    evaluation = self._evaluate(epoch, stats, bundle)
+                self._save_last(epoch + 1, 0)
+        except KeyboardInterrupt:
+            self._save_last(epoch, self._steps_done)
+            self._barrier()
+            raise RtkError(f"Interrupted during epoch {epoch + 1}; progress saved to "
+                           f"{self.out / 'last.pt'}.",
+                           f"Continue with: rtk finetune {cfg.data_dir} --out {cfg.out} --resume",
+                           exit_code=130) from None
+        return self._finish(bundle, evaluation)
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        import torch
+
+        cfg, rt = self.cfg, self.rt
+        torch.manual_seed(cfg.seed + epoch)  # augmentation and order depend only on the epoch
+        self.train_loader.generator.manual_seed(cfg.seed + epoch)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        skip = self.skip_batches if epoch == self.start_epoch else 0
+        self._steps_done = skip
+        meter = Throughput()
+        start = time.perf_counter()
+        with ui.epoch_bar(len(self.train_loader), f"epoch {epoch + 1}/{cfg.epochs}",
+                          self.show_progress and rt.is_main) as update:
+            def on_batch(step, n, loss, lr):
+                self._steps_done = step
+                update(step, meter.add(n * rt.world), loss, lr)
+
+            stats = train_one_epoch(self.train_model, self.train_loader, self.optimizer,
+                                    self.scheduler, self.scaler, rt, skip_batches=skip,
+                                    on_batch=on_batch)
+        stats["seconds"] = time.perf_counter() - start
+        stats["images_per_second"] = meter.images / max(1e-9, stats["seconds"])
+        stats["lr"] = self.scheduler.get_last_lr()[0]
+        return stats
+
+    def _evaluate(self, epoch: int, stats: dict, bundle: Bundle) -> dict[str, Any]:
+        evaluation: dict[str, Any] = {}
+        if self.rt.is_main:
+            logits, labels, loss = predict_logits(self.model, self.val_loader, self.rt)
+            evaluation = classification(logits, labels, self.classes)
+            row = {"epoch": epoch + 1, **stats, "val_loss": loss,
+                   "val_accuracy": evaluation["accuracy"], "val_top5": evaluation["top5"]}
+            self.history.append(row)
+            ui.table(f"Evaluation after epoch {epoch + 1}",
+                     ["epoch", "train loss", "train acc", "val loss", "val acc", "val top-5",
+                      "img/s"],
+                     [[row["epoch"], row["train_loss"], row["train_accuracy"], loss,
+                       row["val_accuracy"], row["val_top5"], f"{row['images_per_second']:.1f}"]])
+            if evaluation["accuracy"] > self.best_accuracy:
+                self.best_accuracy = evaluation["accuracy"]
+                checkpoint.save(self.out / "model.pt", {
+                    "state_dict": checkpoint.cpu_state(self.model), "arch": self.cfg.arch,
+                    "classes": self.classes, "epoch": epoch + 1,
+                    "val_accuracy": evaluation["accuracy"]})
+                bundle.manifest["metrics"] = self._metrics(evaluation, epoch + 1)
+                bundle.record_artifact("model.pt")
+            write_bundle_files(bundle, self.history, evaluation)
+        self._barrier()
+        return evaluation
+
+    def _save_last(self, epoch: int, step: int) -> None:
+        if not self.rt.is_main:
+            return
+        checkpoint.save(self.out / "last.pt", {
+            "state_dict": checkpoint.cpu_state(self.model),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "epoch": epoch, "step": step,
+            "rng": checkpoint.rng_state(), "history": self.history,
+            "best_accuracy": self.best_accuracy, "config": asdict(self.cfg)})
+
+    def _barrier(self) -> None:
+        if self.rt.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    # -- bundle ---------------------------------------------------------------
+    def _open_bundle(self) -> Bundle:
+        cfg = self.cfg
+        if self.resume_state and (self.out / "manifest.json").exists():
+            return Bundle.load(self.out)
+        root = Path(cfg.data_dir).resolve()
+        val_root = Path(cfg.val_dir).resolve() if cfg.val_dir else root
+        rel = lambda samples, base: [[str(Path(p).resolve().relative_to(base)), i]  # noqa: E731
+                                     for p, i in samples]
+        bundle = Bundle.create(
+            self.out, status="training", arch=cfg.arch, classes=self.classes,
+            num_classes=len(self.classes), preprocessing=self.preprocessing,
+            input={"name": "input", "dtype": "float32",
+                   "shape": [-1, 3, self.preprocessing["crop"], self.preprocessing["crop"]]},
+            output={"name": "logits", "dtype": "float32", "shape": [-1, len(self.classes)]},
+            data={"train_dir": str(root),
+                  "val_dir": str(Path(cfg.val_dir).resolve()) if cfg.val_dir else None,
+                  "val_split": None if cfg.val_dir else cfg.val_split, "seed": cfg.seed,
+                  "split_file": "split.json", "train_images": len(self.train_samples),
+                  "val_images": len(self.val_samples),
+                  "skipped_unreadable": len(self.scan.unreadable)},
+            config=asdict(cfg), seed=cfg.seed, provenance=provenance())
+        if self.rt.is_main:
+            write_json(self.out / "split.json", {
+                "classes": self.classes,
+                "train": rel(self.train_samples, root), "val": rel(self.val_samples, val_root)})
+            write_json(self.out / "report" / "data.json", summarize(self.scan))
+            bundle.write_labels()
+            bundle.save()
+        return bundle
+
+    def _metrics(self, evaluation: dict, epoch: int) -> dict[str, Any]:
+        last = self.history[-1]
+        return {"best_epoch": epoch, "val_accuracy": evaluation["accuracy"],
+                "val_top5": evaluation["top5"], "train_accuracy": last["train_accuracy"],
+                "val_loss": last["val_loss"], "per_class": evaluation["per_class"],
+                "train_images_per_second": last["images_per_second"]}
+
+    def _finish(self, bundle: Bundle, evaluation: dict) -> Bundle:
+        if not self.rt.is_main:
+            return bundle
+        bundle = Bundle.load(self.out)
+        findings = card.diagnose(self.history, self.cfg.lr, self.cfg.arch)
+        bundle.manifest.update(status="complete", diagnosis=findings)
+        bundle.record_artifact("last.pt")
+        metrics = bundle.manifest.get("metrics", {})
+        self.echo(f"Best validation accuracy {metrics.get('val_accuracy', 0):.2%} "
+                  f"(epoch {metrics.get('best_epoch')}); bundle in {self.out}")
+        if evaluation:
+            weak = ", ".join(f"{c} {a:.0%}" for c, a in weakest(evaluation["per_class"]))
+            self.echo(f"Weakest classes: {weak}")
+        for finding in findings:
+            self.echo(f"Diagnosis: {finding}")
+        return bundle
