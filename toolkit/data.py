@@ -71,10 +71,12 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, device: str, seed: i
 
     g = torch.Generator()
     g.manual_seed(seed)
+    settings = loader_settings(device, world)
+    if shuffle:  # fresh workers each epoch: order and augmentation depend on the epoch's seed
+        settings["persistent_workers"] = False  # alone, so a resumed epoch replays exactly
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-        generator=g, drop_last=drop_last, worker_init_fn=_seed_worker,
-        **loader_settings(device, world))
+        generator=g, drop_last=drop_last, worker_init_fn=_seed_worker, **settings)
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -10,7 +10,8 @@ from typing import Iterator
 def console():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    # Wide enough for the parity and benchmark tables when the output is a log, not a terminal.
+    return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
 
 @contextlib.contextmanager

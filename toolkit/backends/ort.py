@@ -1,0 +1,84 @@
+"""ONNX Runtime backends for the FP32, FP16 and INT8 graphs of a bundle."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import require
+from .base import Backend
+
+
+def session_options(threads: int | None = None):
+    """Tuned session: all graph optimizations, intra-op threads = usable cores."""
+    ort = require("onnxruntime", "onnx")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    opts.intra_op_num_threads = threads or cores or 1
+    opts.inter_op_num_threads = 1
+    return opts
+
+
+def providers(device: str, fp16: bool = False) -> list:
+    """CUDA (and the TensorRT EP) when onnxruntime-gpu offers them; CPU otherwise."""
+    ort = require("onnxruntime", "onnx")
+    available = ort.get_available_providers()
+    chosen: list = []
+    if device == "cuda":
+        if "TensorrtExecutionProvider" in available and os.environ.get("RTK_ORT_TRT", "0") == "1":
+            chosen.append(("TensorrtExecutionProvider", {"trt_fp16_enable": fp16}))
+        if "CUDAExecutionProvider" in available:
+            chosen.append("CUDAExecutionProvider")
+    return chosen + ["CPUExecutionProvider"]
+
+
+class OrtFP32(Backend):
+    """ONNX Runtime on model.onnx."""
+
+    name = "onnxruntime"
+    artifact = "model.onnx"
+    devices = ("cpu", "cuda")
+
+    @classmethod
+    def availability(cls, bundle, device):
+        try:
+            ort = require("onnxruntime", "onnx")
+        except Exception as exc:
+            return f"onnxruntime is not installed: {exc.hint}"
+        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            return "onnxruntime has no CUDA provider here: pip install 'rtk[gpu]' on a GPU host"
+        if cls.artifact not in bundle.manifest.get("artifacts", {}):
+            flag = {"model.onnx": "", "model.fp16.onnx": " --fp16", "model.int8.onnx": " --int8"}
+            return f"no {cls.artifact} in the run: rtk export {bundle.root}{flag[cls.artifact]}"
+        return super().availability(bundle, device)
+
+    def __init__(self, bundle, device="cpu", trusted_only: bool = True, threads: int | None = None,
+                 **options):
+        super().__init__(bundle, device)
+        ort = require("onnxruntime", "onnx")
+        path = bundle.artifact(self.artifact, trusted=trusted_only)
+        self.session = ort.InferenceSession(str(path), sess_options=session_options(threads),
+                                            providers=providers(device, "fp16" in self.artifact))
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: np.ascontiguousarray(x, np.float32)})[0]
+
+    def close(self) -> None:
+        self.session = None
+
+
+class OrtFP16(OrtFP32):
+    """ONNX Runtime on the FP16 graph (FP32 inputs and outputs)."""
+
+    name = "onnxruntime-fp16"
+    artifact = "model.fp16.onnx"
+
+
+class OrtInt8(OrtFP32):
+    """ONNX Runtime on the Q/DQ INT8 graph (VNNI/AMX kernels on CPUs that have them)."""
+
+    name = "onnxruntime-int8"
+    artifact = "model.int8.onnx"

@@ -1,0 +1,71 @@
+"""TensorRT engine backend (model.fp16.plan), with torch CUDA tensors as I/O buffers.
+
+UNVERIFIED here (no GPU, no TensorRT): written against the TensorRT 10/11 name-based
+tensor API (set_input_shape, set_tensor_address, execute_async_v3).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import require
+from .base import Backend
+
+
+class TensorRTEngine(Backend):
+    name = "tensorrt"
+    devices = ("cuda",)
+    artifact = "model.fp16.plan"
+
+    @classmethod
+    def availability(cls, bundle, device):
+        import importlib.util
+
+        import torch
+
+        if importlib.util.find_spec("tensorrt") is None:
+            return "tensorrt is not installed: pip install 'rtk[gpu]' on a GPU host"
+        if not torch.cuda.is_available():
+            return "no CUDA GPU visible: TensorRT engines run on NVIDIA GPUs only"
+        if cls.artifact not in bundle.manifest.get("artifacts", {}):
+            return f"no {cls.artifact}: rtk export {bundle.root} --fp16 on a GPU host"
+        return super().availability(bundle, device)
+
+    def __init__(self, bundle, device="cuda", trusted_only: bool = True, **options):
+        super().__init__(bundle, device)
+        import torch
+
+        trt = require("tensorrt", "gpu")
+        self.torch = torch
+        blob = bundle.artifact(self.artifact, trusted=trusted_only).read_bytes()
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(blob)
+        if self.engine is None:
+            from ..errors import RtkError
+
+            raise RtkError("TensorRT could not deserialize the engine.",
+                           "Engines are tied to the TensorRT version and GPU that built them; "
+                           f"re-export on this host: rtk export {bundle.root} --fp16")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input = next(n for n in names
+                          if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.output = next(n for n in names
+                           if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self.out_dtype = torch.from_numpy(
+            np.zeros(0, trt.nptype(self.engine.get_tensor_dtype(self.output)))).dtype
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        inp = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to("cuda")
+        self.context.set_input_shape(self.input, tuple(inp.shape))
+        out = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=self.out_dtype,
+                          device="cuda")
+        self.context.set_tensor_address(self.input, inp.data_ptr())
+        self.context.set_tensor_address(self.output, out.data_ptr())
+        stream = torch.cuda.current_stream()
+        self.context.execute_async_v3(stream.cuda_stream)
+        stream.synchronize()
+        return out.float().cpu().numpy()
+
+    def close(self) -> None:
+        self.context = self.engine = None
