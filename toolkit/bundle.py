@@ -82,23 +82,40 @@ class Bundle:
 
     # -- reading ----------------------------------------------------------
     def artifact(self, name: str, *, trusted: bool = True) -> Path:
-        """Path of a recorded artifact, refused when missing, stale or untrusted."""
+        """Path of a recorded artifact, refused when missing, changed, stale or untrusted."""
+        self._verify(name)
+        entry = self.manifest["artifacts"][name]
+        if trusted and entry.get("trusted") is False:
+            raise RtkError(f"{name} failed its accuracy gate and is marked untrusted.",
+                           f"See the parity table in {self.root / MANIFEST}; re-export or relax the gate.")
+        return self.root / name
+
+    def _verify(self, name: str) -> None:
+        """The file matches its recorded hash, and so does every ancestor it was derived from."""
         entry = self.manifest["artifacts"].get(name)
         path = self.root / name
         if entry is None or not path.is_file():
             raise RtkError(f"{self.root} has no {name}.", _make_hint(name))
-        if sha256(path) != entry["sha256"]:
+        if _file_hash(path) != entry["sha256"]:
             raise RtkError(f"{name} was changed after rtk recorded it.", _make_hint(name))
         parent = entry.get("parent")
         if parent is not None:
-            current = self.manifest["artifacts"].get(parent, {}).get("sha256")
-            if current != entry.get("parent_sha256"):
+            self._verify(parent)
+            if self.manifest["artifacts"][parent]["sha256"] != entry.get("parent_sha256"):
                 raise RtkError(f"{name} is stale: it was made from an older {parent}.",
                                f"Re-export: rtk export {self.root}")
-        if trusted and entry.get("trusted") is False:
-            raise RtkError(f"{name} failed its accuracy gate and is marked untrusted.",
-                           f"See the parity table in {self.root / MANIFEST}; re-export or relax the gate.")
-        return path
+
+
+_HASHES: dict[tuple, str] = {}
+
+
+def _file_hash(path: Path) -> str:
+    """sha256, memoised per (path, size, mtime) so repeated checks do not re-read big files."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = sha256(path)
+    return _HASHES[key]
 
 
 def _make_hint(name: str) -> str:

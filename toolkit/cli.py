@@ -80,9 +80,14 @@ def sample_data(out_dir: str, size: int) -> None:
 from .cli_train import finetune  # noqa: E402  (registers with `main`)
 from .cli_use import eval_cmd, predict  # noqa: E402
 
+from .cli_bench import bench  # noqa: E402
 from .cli_export import export  # noqa: E402
+from .cli_triton import serve, triton  # noqa: E402
 
 main.add_command(finetune)
 main.add_command(export)
+main.add_command(bench)
 main.add_command(eval_cmd)
 main.add_command(predict)
+main.add_command(triton)
+main.add_command(serve)

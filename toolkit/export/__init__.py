@@ -24,6 +24,7 @@ class ExportOptions:
     opset: int = 18
     max_batch: int = 64
     calib_size: int = 256
+    int8_scheme: str = "cpu"  # cpu: uint8 activations (fast in ONNX Runtime); tensorrt: symmetric
     data_dir: str | None = None
     device: str = "cpu"  # where the ONNX artifacts are checked
     tolerances: Tolerances = field(default_factory=Tolerances)
@@ -88,7 +89,7 @@ def export(bundle: Bundle, opts: ExportOptions, echo: Callable = print,
         echo(f"Calibrating INT8 on up to {opts.calib_size} training images...")
         calib, n = calibration_batches(bundle, opts.calib_size)
         info = to_int8(bundle.path("model.onnx"), bundle.path("model.int8.onnx"), calib,
-                       bundle.manifest["input"]["name"])
+                       bundle.manifest["input"]["name"], opts.int8_scheme)
         bundle.record_artifact("model.int8.onnx", parent="model.onnx", precision="int8",
                                calibration_images=n, **info)
         made.append(("model.int8.onnx", "onnxruntime-int8", "int8"))

@@ -34,9 +34,21 @@ def to_fp16(src: Path, dst: Path) -> str:
     return tool
 
 
-def to_int8(src: Path, dst: Path, calibration: Iterator[np.ndarray], input_name: str) -> dict:
-    """Static symmetric INT8 in Q/DQ form (per-channel weights), calibrated on real images."""
+INT8_SCHEMES = ("cpu", "tensorrt")
+
+
+def to_int8(src: Path, dst: Path, calibration: Iterator[np.ndarray], input_name: str,
+            scheme: str = "cpu") -> dict:
+    """Static INT8 in Q/DQ form with symmetric per-channel int8 weights, calibrated on real images.
+
+    scheme "tensorrt": symmetric int8 activations, as TensorRT's explicit quantization requires.
+    ONNX Runtime then keeps every ReLU in float between DQ and Q, so most convolutions stay
+    unfused and the graph runs no faster than FP32 on a CPU (measured here: 25.6 vs 23.3
+    images/s, ResNet-18 at 224 px). scheme "cpu" (default): asymmetric uint8 activations, which
+    let the quantizer absorb the ReLUs and ONNX Runtime fuse QLinearConv (65.7 images/s there).
+    """
     q = require("onnxruntime.quantization", "onnx")
+    symmetric = scheme == "tensorrt"
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(q.CalibrationDataReader):
@@ -52,9 +64,11 @@ def to_int8(src: Path, dst: Path, calibration: Iterator[np.ndarray], input_name:
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         q.quantize_static(
             str(pre), str(tmp), Reader(), quant_format=q.QuantFormat.QDQ,
-            activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8, per_channel=True,
+            activation_type=q.QuantType.QInt8 if symmetric else q.QuantType.QUInt8,
+            weight_type=q.QuantType.QInt8, per_channel=True,
             calibrate_method=q.CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
         require("onnx", "onnx").checker.check_model(str(tmp))
-    return {"format": "QDQ", "activations": "int8 symmetric", "weights": "int8 per-channel",
-            "calibration": "minmax"}
+    return {"format": "QDQ", "scheme": scheme,
+            "activations": "int8 symmetric" if symmetric else "uint8 asymmetric",
+            "weights": "int8 symmetric per-channel", "calibration": "minmax"}

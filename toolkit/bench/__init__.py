@@ -1,0 +1,143 @@
+"""`rtk bench`: parity-checked throughput and latency of every backend, with reports."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..bundle import Bundle
+from .harness import Timing, time_calls
+from .system import environment, rss_mb
+
+PARITY_AGREEMENT = 0.98  # below this a backend is flagged and not timed
+PARITY_IMAGES = 64
+
+
+@dataclass
+class BenchOptions:
+    backends: list[str] | None = None       # None: every registered local backend
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
+    devices: list[str] = field(default_factory=lambda: ["cpu"])
+    timing: Timing = field(default_factory=Timing)
+    triton_url: str | None = None
+    triton_concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    triton_protocols: list[str] = field(default_factory=lambda: ["http", "grpc"])
+    soak_seconds: float = 0.0
+
+
+def row(backend: str, device: str, batch_size: int | None, status: str, **values) -> dict:
+    base = {"backend": backend, "device": device, "batch_size": batch_size, "throughput": None,
+            "p50_ms": None, "p90_ms": None, "p99_ms": None, "status": status}
+    return {**base, **values}
+
+
+def _reference(bundle: Bundle):
+    from ..backends import open_backend
+    from ..evaluate import run_backend, validation_samples
+
+    samples = validation_samples(bundle)[:PARITY_IMAGES]
+    paths = [p for p, _ in samples]
+    with open_backend("torch", bundle, "cpu") as ref:
+        logits = run_backend(ref, paths, bundle.preprocessing)
+    from ..evaluate import batches
+
+    images = next(batches(paths, bundle.preprocessing, len(paths)))
+    return images, logits
+
+
+def data_pipeline(bundle: Bundle, n: int = 256) -> dict[str, Any]:
+    """Images/s of decode + eval transform, single-threaded and with a thread pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..evaluate import validation_samples
+    from ..imageio import eval_array, open_rgb
+
+    paths = [p for p, _ in validation_samples(bundle)][:n]
+    work = lambda p: eval_array(open_rgb(p), bundle.preprocessing)  # noqa: E731
+    t0 = time.perf_counter()
+    for p in paths:
+        work(p)
+    single = len(paths) / (time.perf_counter() - t0)
+    workers = max(2, len(__import__("os").sched_getaffinity(0)))
+    with ThreadPoolExecutor(workers) as pool:
+        t0 = time.perf_counter()
+        list(pool.map(work, paths))
+        pooled = len(paths) / (time.perf_counter() - t0)
+    return {"images": len(paths), "single_thread_images_per_s": single,
+            f"{workers}_threads_images_per_s": pooled}
+
+
+def bench_backend(bundle: Bundle, name: str, device: str, opts: BenchOptions, images: np.ndarray,
+                  reference: np.ndarray, echo: Callable = print) -> list[dict]:
+    """Rows for one backend on one device: a reason row, a parity-failed row, or timed rows."""
+    from ..backends import backend_class
+
+    reason = backend_class(name).availability(bundle, device)
+    if reason:
+        return [row(name, device, None, f"unavailable: {reason}")]
+    from ..backends import open_backend
+
+    try:
+        backend = open_backend(name, bundle, device)
+    except Exception as exc:  # a missing library or broken artifact is a row, not a crash
+        return [row(name, device, None, f"error: {getattr(exc, 'message', exc)}")]
+    rows = []
+    with backend:
+        logits = np.concatenate([backend(images[i:i + 16]) for i in range(0, len(images), 16)])
+        agreement = float((logits.argmax(1) == reference.argmax(1)).mean())
+        if agreement < PARITY_AGREEMENT:
+            return [row(name, device, None, f"parity failed: top-1 agreement {agreement:.1%} "
+                        "with PyTorch", agreement=agreement)]
+        for bs in opts.batch_sizes:
+            batch = np.ascontiguousarray(np.resize(images, (bs, *images.shape[1:])))
+            echo(f"  {name:<18} {device:<4} batch {bs:<4}")
+            rows.append(_timed(backend, name, device, bs, batch, opts.timing, agreement))
+    return rows
+
+
+def _timed(backend, name, device, bs, batch, timing, agreement) -> dict:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        stats = time_calls(lambda: backend(batch), bs, timing, device)
+    except Exception as exc:  # out of memory and friends: report, keep going
+        oom = "out of memory" in str(exc).lower()
+        return row(name, device, bs, ("out of memory" if oom else f"error: {exc}")[:200])
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+    return row(name, device, bs, "ok", **stats, agreement=agreement, rss_mb=rss_mb(),
+               gpu_peak_mb=gpu_mb)
+
+
+def default_backends() -> list[str]:
+    from ..backends import REGISTRY
+
+    return [n for n in REGISTRY if n != "triton"]
+
+
+def run_bench(bundle: Bundle, opts: BenchOptions, echo: Callable = print) -> dict[str, Any]:
+    """Benchmark every requested backend and device; the result feeds `report.write`."""
+    echo("Parity reference: PyTorch eager FP32 on held-out images...")
+    images, reference = _reference(bundle)
+    results = []
+    for device in opts.devices:
+        for name in opts.backends or default_backends():
+            if name == "triton":
+                continue
+            results += bench_backend(bundle, name, device, opts, images, reference, echo)
+    triton = None
+    if opts.triton_url or (opts.backends and "triton" in opts.backends):
+        from .triton import bench_triton
+
+        triton = bench_triton(bundle, opts, images, reference, echo)
+        results += triton.pop("rows")
+    from .report import headlines
+
+    return {"environment": environment(), "bundle": str(bundle.root),
+            "arch": bundle.manifest["arch"], "image_size": bundle.preprocessing["crop"],
+            "timing": vars(opts.timing), "data_pipeline": data_pipeline(bundle),
+            "results": results, "triton": triton, "headlines": headlines(results)}

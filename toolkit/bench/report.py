@@ -1,0 +1,125 @@
+"""Benchmark reports: headlines, Markdown, JSON and PNG plots from one run's results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..fileio import atomic_path, write_json, write_text
+
+BASELINE = ("torch", "cpu")
+
+
+def _best(results: list[dict], **match) -> dict | None:
+    ok = [r for r in results if r["status"] == "ok" and all(r[k] == v for k, v in match.items())]
+    return max(ok, key=lambda r: r["throughput"], default=None)
+
+
+def headlines(results: list[dict]) -> dict[str, Any]:
+    """Best GPU backend over the CPU baseline; best CPU backend over PyTorch eager FP32 (CPU)."""
+    base = _best(results, backend=BASELINE[0], device=BASELINE[1])
+    out: dict[str, Any] = {"baseline": _brief(base)}
+    if base is None:
+        return out
+    for key, device in (("best_cpu", "cpu"), ("best_gpu", "cuda")):
+        best = _best(results, device=device)
+        if best is not None:
+            out[key] = {**_brief(best), "speedup_vs_cpu_eager": best["throughput"] / base["throughput"]}
+    return out
+
+
+def _brief(r: dict | None) -> dict | None:
+    if r is None:
+        return None
+    return {k: r[k] for k in ("backend", "device", "batch_size", "throughput", "p50_ms")}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    env, h = result["environment"], result["headlines"]
+    lines = [f"# rtk benchmark: {result['arch']} at {result['image_size']} px", "",
+             f"- date: {env['date']}", f"- CPU: {env['cpu']} ({env['cpu_cores']} cores usable)",
+             f"- GPU: {env.get('gpu') or 'none'}"
+             + (f" (driver {env.get('driver')}, CUDA {env.get('cuda')})" if env.get("gpu") else ""),
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+             f"- git commit: {env.get('git_commit')}", ""]
+    lines += ["## Headlines", ""]
+    for key, label in (("best_cpu", "Best CPU backend"), ("best_gpu", "Best GPU backend")):
+        if h.get(key):
+            b = h[key]
+            lines.append(f"- {label}: **{b['backend']}** at batch {b['batch_size']}: "
+                         f"{b['throughput']:.1f} images/s, **{b['speedup_vs_cpu_eager']:.2f}x** "
+                         f"PyTorch eager FP32 on CPU ({h['baseline']['throughput']:.1f} images/s).")
+    dp = result["data_pipeline"]
+    lines += ["", "## Data pipeline (decode + eval transform)", "",
+              ", ".join(f"{k.replace('_', ' ')}: {v:.1f}" if isinstance(v, float) else f"{k}: {v}"
+                        for k, v in dp.items()), "", "## Results", "",
+              "| backend | device | batch | images/s | p50 ms | p90 ms | p99 ms | RSS MiB | status |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    fmt = lambda v, p=1: "" if v is None else f"{v:.{p}f}"  # noqa: E731
+    for r in result["results"]:
+        label = r["backend"] + (f" ({r['protocol']}, c={r['concurrency']})" if r.get("protocol") else "")
+        lines.append(f"| {label} | {r['device']} | {r['batch_size'] or ''} | {fmt(r['throughput'])} | "
+                     f"{fmt(r['p50_ms'], 2)} | {fmt(r['p90_ms'], 2)} | {fmt(r['p99_ms'], 2)} | "
+                     f"{fmt(r.get('rss_mb'), 0)} | {r['status']} |")
+    triton = result.get("triton") or {}
+    if triton.get("soak"):
+        s = triton["soak"]
+        lines += ["", "## Triton soak", "", f"{s['seconds']:.0f} s at concurrency {s['concurrency']}: "
+                  f"{s['requests']} requests, {s['failed']} failed, server RSS "
+                  f"{fmt(s.get('server_rss_start_mb'), 0)} -> {fmt(s.get('server_rss_end_mb'), 0)} MiB."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_throughput(results: list[dict], path: Path) -> None:
+    from ..report import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    series: dict[str, list] = {}
+    for r in results:
+        if r["status"] == "ok" and not r.get("protocol"):
+            series.setdefault(f"{r['backend']} ({r['device']})", []).append(
+                (r["batch_size"], r["throughput"]))
+    for label, pts in sorted(series.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
+    ax.set(xscale="log", xlabel="batch size", ylabel="images/s", title="Throughput by batch size")
+    ax.set_xticks(sorted({r["batch_size"] for r in results if r["batch_size"]}))
+    ax.get_xaxis().set_major_formatter(plt.ScalarFormatter())
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_triton(results: list[dict], path: Path) -> None:
+    from ..report import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for proto in ("http", "grpc"):
+        pts = sorted((r["throughput"], r["p99_ms"], r["concurrency"]) for r in results
+                     if r.get("protocol") == proto and r["status"] == "ok")
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=proto)
+            for x, y, c in pts:
+                ax.annotate(f"c={c}", (x, y), fontsize=7)
+    ax.set(xlabel="images/s", ylabel="p99 latency (ms)", title="Triton: latency vs throughput")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def write(result: dict[str, Any], out: str | Path) -> list[Path]:
+    """report.md, results.json, throughput.png (and triton.png) under `out`."""
+    out = Path(out)
+    write_json(out / "results.json", result)
+    write_text(out / "report.md", markdown(result))
+    paths = [out / "report.md", out / "results.json", out / "throughput.png"]
+    plot_throughput(result["results"], out / "throughput.png")
+    if any(r.get("protocol") for r in result["results"]):
+        plot_triton(result["results"], out / "triton.png")
+        paths.append(out / "triton.png")
+    return paths
+
+
+__all__ = ["atomic_path", "headlines", "markdown", "write"]
