@@ -25,21 +25,23 @@ def _ints(text: str) -> list[int]:
 @click.option("--device", type=click.Choice(["cpu", "cuda", "all"]), default="cpu", show_default=True)
 @click.option("--duration", default=10.0, show_default=True, help="Seconds per measurement (max).")
 @click.option("--triton-url", help="HOST:PORT of a running Triton server (HTTP; gRPC is port+1).")
+@click.option("--triton-grpc-url", help="HOST:PORT for gRPC (default: the HTTP port + 1).")
 @click.option("--concurrency", default="1,2,4,8", show_default=True, help="Triton sweep.")
 @click.option("--soak", default=0.0, show_default=True, help="Triton soak seconds at max concurrency.")
 @click.option("--out", default="benchmarks/latest", show_default=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True)
-def bench(run_dir, backends, batch_sizes, device, duration, triton_url, concurrency, soak, out,
-          as_json):
+def bench(run_dir, backends, batch_sizes, device, duration, triton_url, triton_grpc_url, concurrency, soak,
+          out, as_json):
     """Parity-checked throughput and latency of every backend; Markdown, JSON and plots."""
     from .cli import handled
 
-    handled(_bench)(run_dir, backends, batch_sizes, device, duration, triton_url, concurrency,
+    handled(_bench)(run_dir, backends, batch_sizes, device, duration, triton_url, triton_grpc_url,
+                    concurrency,
                     soak, out, as_json)
 
 
-def _bench(run_dir, backends, batch_sizes, device, duration, triton_url, concurrency, soak, out,
-           as_json):
+def _bench(run_dir, backends, batch_sizes, device, duration, triton_url, triton_grpc_url, concurrency,
+           soak, out, as_json):
     from .bench import BenchOptions, Timing, run_bench
     from .bench.report import write
     from .bundle import Bundle
@@ -55,7 +57,8 @@ def _bench(run_dir, backends, batch_sizes, device, duration, triton_url, concurr
     opts = BenchOptions(backends=names, batch_sizes=_ints(batch_sizes),
                         devices=["cpu", "cuda"] if device == "all" else [device],
                         timing=Timing(duration=duration, warmup=min(2.0, duration / 5)),
-                        triton_url=triton_url, triton_concurrency=_ints(concurrency),
+                        triton_url=triton_url, triton_grpc_url=triton_grpc_url,
+                        triton_concurrency=_ints(concurrency),
                         soak_seconds=soak)
 
     def echo(message: str) -> None:

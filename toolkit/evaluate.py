@@ -55,8 +55,10 @@ def run_backend(backend, paths: Sequence[Path], pre: dict, batch_size: int = 32,
     if progress:
         from rich.progress import track
 
+        from .ui import console
+
         it = track(it, total=-(-len(paths) // batch_size), description=f"{backend.name}",
-                   transient=True)
+                   transient=True, console=console())  # stderr: stdout holds the result
     for batch in it:
         outs.append(np.asarray(backend(batch), dtype=np.float32))
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)

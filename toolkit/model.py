@@ -39,6 +39,7 @@ def imagenet_weights(arch: str):
     """The arch's IMAGENET1K_V2 weights enum where it exists, else its default."""
     from torchvision import models
 
+    _check_arch(arch)  # before get_model_weights, whose ValueError would reach the user raw
     enum = models.get_model_weights(arch)
     return getattr(enum, "IMAGENET1K_V2", None) or enum.DEFAULT
 
@@ -105,6 +106,9 @@ def build_model(arch: str, num_classes: int, weights: str = "imagenet"):
             raise RtkError(f"--weights {weights}: no such file.",
                            "Use imagenet, none, or a path to a state_dict file.")
         state = _load_state_dict(path)
+        own = model.state_dict()  # a fine-tuned head (e.g. an rtk model.pt) differs in shape:
+        state = {k: v for k, v in state.items()  # drop it here; mismatches count as missing
+                 if k not in own or getattr(v, "shape", None) == own[k].shape}
         missing, unexpected = model.load_state_dict(state, strict=False)
         head_only = all(k.rsplit(".", 2)[0] in ("fc", "classifier", "heads", "head")
                         or "classifier" in k or k.startswith(("fc.", "head")) for k in missing)

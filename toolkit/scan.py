@@ -104,4 +104,6 @@ def _progress(items, enabled: bool, label: str):
         return items
     from rich.progress import track
 
-    return track(items, description=label, transient=True)
+    from .ui import console
+
+    return track(items, description=label, transient=True, console=console())  # not stdout

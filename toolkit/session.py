@@ -122,9 +122,10 @@ class TrainingSession:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"])
-        self.history = list(state["history"])
-        self.best_accuracy = state["best_accuracy"]
         self.start_epoch, self.skip_batches = state["epoch"], state["step"]
+        # an interrupt during an evaluation leaves its row behind; that evaluation runs again
+        self.history = [h for h in state["history"] if h["epoch"] <= self.start_epoch]
+        self.best_accuracy = state["best_accuracy"]
         self.echo(f"Resuming at epoch {self.start_epoch + 1}"
                   + (f", batch {self.skip_batches + 1}" if self.skip_batches else ""))
 

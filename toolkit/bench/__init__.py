@@ -23,6 +23,7 @@ class BenchOptions:
     devices: list[str] = field(default_factory=lambda: ["cpu"])
     timing: Timing = field(default_factory=Timing)
     triton_url: str | None = None
+    triton_grpc_url: str | None = None
     triton_concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     triton_protocols: list[str] = field(default_factory=lambda: ["http", "grpc"])
     soak_seconds: float = 0.0

@@ -61,6 +61,14 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {label} | {r['device']} | {r['batch_size'] or ''} | {fmt(r['throughput'])} | "
                      f"{fmt(r['p50_ms'], 2)} | {fmt(r['p90_ms'], 2)} | {fmt(r['p99_ms'], 2)} | "
                      f"{fmt(r.get('rss_mb'), 0)} | {r['status']} |")
+    side = [(r, m, t) for r in result["results"] if r.get("server")
+            for m, t in sorted(r["server"].items())]
+    if side:
+        lines += ["", "## Triton: client latency next to server-side time per request", "",
+                  "| protocol | concurrency | client p50 ms | model | queue ms | compute ms |",
+                  "|---|---:|---:|---|---:|---:|"]
+        lines += [f"| {r['protocol']} | {r['concurrency']} | {r['p50_ms']:.2f} | {m} | "
+                  f"{t['queue_ms']:.2f} | {t['compute_ms']:.2f} |" for r, m, t in side]
     triton = result.get("triton") or {}
     if triton.get("soak"):
         s = triton["soak"]

@@ -1,0 +1,64 @@
+"""Triton Python-backend model: encoded images (BYTES) in, the bundle's eval transform out.
+
+Copied as model.py into the preprocessing model's version folder, next to a copy of
+toolkit/imageio.py, so the served transform is the very code rtk uses everywhere else.
+Imports only NumPy, PIL (through imageio) and triton_python_backend_utils.
+"""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+try:
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # only Triton's Python backend runs this file; rtk merely copies it
+    pb_utils = None
+
+MAX_BYTES_DEFAULT = 32 * 1024 * 1024
+
+
+def _load_imageio(folder):
+    """The imageio.py copied beside this file (loaded by path: a pip `imageio` must not win)."""
+    spec = importlib.util.spec_from_file_location("rtk_imageio", os.path.join(folder, "imageio.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class TritonPythonModel:
+    """Decode, resize, center-crop and normalize each image of each request."""
+
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.pre = json.loads(params["preprocessing"])
+        self.max_bytes = int(params.get("max_bytes", MAX_BYTES_DEFAULT))
+        self.output = config["output"][0]["name"]
+        self.input = config["input"][0]["name"]
+        folder = os.path.join(args["model_repository"], args["model_version"])
+        self.io = _load_imageio(folder)
+
+    def _one(self, data):
+        data = bytes(data)
+        if not data:
+            raise ValueError("empty image bytes")
+        if len(data) > self.max_bytes:
+            raise ValueError(f"encoded image of {len(data)} bytes exceeds {self.max_bytes}")
+        try:
+            return self.io.eval_array(self.io.open_rgb(data), self.pre)
+        except Exception as exc:  # PIL raises many types for undecodable data
+            raise ValueError(f"cannot decode image: {exc}") from None
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                items = pb_utils.get_input_tensor_by_name(request, self.input).as_numpy()
+                batch = np.stack([self._one(item) for item in items.reshape(-1)])
+                out = pb_utils.Tensor(self.output, batch.astype(np.float32))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+            except Exception as exc:  # one bad request must not fail the others in its batch
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[], error=pb_utils.TritonError(f"preprocess: {exc}")))
+        return responses

@@ -1,0 +1,229 @@
+"""`rtk triton`: repository layout, protobuf configs, golden files, atomic writes, refusals.
+
+These need no server: the bundle is synthetic (fixed bytes stand in for the weights, so
+hashes and golden files are stable). Serving is covered by test_triton_serve.py.
+Regenerate the golden files with RTK_UPDATE_GOLDEN=1 after an intended change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tritonclient.grpc.model_config_pb2")
+
+from toolkit.bundle import Bundle  # noqa: E402
+from toolkit.errors import RtkError  # noqa: E402
+from toolkit.triton import RepoOptions, verify_repository, write_repository  # noqa: E402
+from toolkit.triton import configs, repository  # noqa: E402
+
+GOLDEN = Path(__file__).parent / "golden"
+CLASSES = ["cat", "dog", "fox"]
+PRE = {"resize": 37, "crop": 32, "interpolation": "bilinear", "mean": [0.485, 0.456, 0.406],
+       "std": [0.229, 0.224, 0.225], "source": "IMAGENET1K_V1"}
+IO = {"inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 3, 32, 32]}],
+      "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, 3]}], "opset": 18}
+PLAN = {"tensorrt_version": "10.9.0.34", "gpu": "NVIDIA H100 80GB HBM3",
+        "compute_capability": "9.0", "strongly_typed": True,
+        "profile": {"input": "input", "min": 1, "opt": 16, "max": 32}}
+
+
+def fake_bundle(root: Path) -> Bundle:
+    """A run directory whose artifacts are fixed bytes with a consistent manifest."""
+    root.mkdir(parents=True)
+    files = {"model.pt": b"pt", "model.onnx": b"onnx-fp32", "model.fp16.onnx": b"onnx-fp16",
+             "model.fp16.plan": b"plan"}
+    sha = {}
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+        sha[name] = hashlib.sha256(data).hexdigest()
+    artifacts = {
+        "model.pt": {"sha256": sha["model.pt"], "parent": None},
+        "model.onnx": {"sha256": sha["model.onnx"], "parent": "model.pt",
+                       "parent_sha256": sha["model.pt"], "io": IO, "max_batch": 64,
+                       "trusted": True},
+        "model.fp16.onnx": {"sha256": sha["model.fp16.onnx"], "parent": "model.onnx",
+                            "parent_sha256": sha["model.onnx"], "io": IO, "trusted": True},
+        "model.fp16.plan": {"sha256": sha["model.fp16.plan"], "parent": "model.fp16.onnx",
+                            "parent_sha256": sha["model.fp16.onnx"], "trusted": True, **PLAN},
+    }
+    bundle = Bundle.create(root, arch="resnet18", classes=CLASSES, num_classes=3,
+                           preprocessing=PRE, artifacts=artifacts)
+    bundle.save()
+    return bundle
+
+
+@pytest.fixture
+def bundle(tmp_path) -> Bundle:
+    return fake_bundle(tmp_path / "golden_run")
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_python_platform_layout(bundle, tmp_path):
+    repo = tmp_path / "repo"
+    summary = write_repository(bundle, RepoOptions(repo=str(repo), name="pets", platform="python"),
+                               echo=lambda *_: None)
+    assert summary["max_batch"] == 64
+    assert verify_repository(repo) == ["pets", "pets_classifier", "pets_postprocess", "pets_preprocess"]
+    files = tree(repo)
+    assert files["pets_classifier/1/model.onnx"] == b"onnx-fp32"
+    assert files["pets_classifier/labels.txt"].decode().splitlines() == CLASSES
+    assert files["pets/labels.txt"] == files["pets_classifier/labels.txt"]
+    imageio = (Path(repository.__file__).parent.parent / "imageio.py").read_bytes()
+    assert files["pets_preprocess/1/imageio.py"] == imageio  # the very same transform code
+    assert "import torch" not in files["pets_preprocess/1/model.py"].decode()
+    warm = files["pets_preprocess/warmup/sample_image.bin"]
+    assert struct.unpack("<I", warm[:4])[0] == len(warm) - 4 and warm[5:8] == b"PNG"
+    classifier = configs.parse(files["pets_classifier/config.pbtxt"].decode())
+    assert classifier.backend == "python" and classifier.max_batch_size == 64
+    assert list(classifier.input[0].dims) == [3, 32, 32] and classifier.input[0].name == "input"
+    assert classifier.output[0].label_filename == "labels.txt"
+    assert classifier.parameters["rtk.artifact_sha256"].string_value == \
+        bundle.manifest["artifacts"]["model.onnx"]["sha256"]
+    pre = configs.parse(files["pets_preprocess/config.pbtxt"].decode())
+    assert json.loads(pre.parameters["preprocessing"].string_value) == PRE
+    assert [s.model_name for s in configs.parse(files["pets/config.pbtxt"].decode())
+            .ensemble_scheduling.step] == ["pets_preprocess", "pets_classifier", "pets_postprocess"]
+
+
+def test_onnxruntime_cpu_defaults(bundle, tmp_path):
+    repo = tmp_path / "repo"
+    write_repository(bundle, RepoOptions(repo=str(repo)), echo=lambda *_: None)
+    config = configs.parse((repo / "golden_run_classifier" / "config.pbtxt").read_text())
+    assert config.platform == "onnxruntime_onnx" and config.default_model_filename == "model.onnx"
+    assert config.instance_group[0].kind == configs.pb().ModelInstanceGroup.KIND_CPU
+    assert list(config.dynamic_batching.preferred_batch_size) == [16, 32, 64]
+    assert config.version_policy.latest.num_versions == 1
+    assert config.model_warmup[0].inputs["input"].zero_data
+    assert not (repo / "golden_run_classifier" / "1" / "model.py").exists()
+
+
+def _golden(bundle, tmp_path, variant: str, opts: RepoOptions) -> None:
+    repo = tmp_path / variant
+    opts.repo, opts.name = str(repo), "pets"
+    write_repository(bundle, opts, echo=lambda *_: None)
+    for path in sorted(repo.glob("*/config.pbtxt")):
+        role = path.parent.name.split("_", 1)[1] if "_" in path.parent.name else "ensemble"
+        golden = GOLDEN / f"{variant}.{role}.pbtxt"
+        if os.environ.get("RTK_UPDATE_GOLDEN") == "1":
+            golden.write_text(path.read_text())
+        assert golden.is_file(), f"missing {golden}: run with RTK_UPDATE_GOLDEN=1"
+        assert path.read_text() == golden.read_text(), f"{path.parent.name} differs from {golden.name}"
+        configs.parse(golden.read_text())
+
+
+def test_golden_onnxruntime_gpu(bundle, tmp_path):
+    _golden(bundle, tmp_path, "onnxruntime_gpu",
+            RepoOptions(platform="onnxruntime", kind="gpu", max_batch=32, instances=2, trt_fp16=True))
+
+
+def test_golden_tensorrt_plan(bundle, tmp_path):
+    _golden(bundle, tmp_path, "tensorrt_plan",
+            RepoOptions(platform="tensorrt", kind="gpu", target_tensorrt="10.9.0.34", target_cc="9.0"))
+    assert (tmp_path / "tensorrt_plan" / "pets_classifier" / "1" / "model.plan").read_bytes() == b"plan"
+
+
+@pytest.mark.parametrize("target,reason", [
+    ({"target_tensorrt": "10.13.0", "target_cc": "9.0"}, "TensorRT 10.9.0.34 but the target has"),
+    ({"target_tensorrt": "10.9.0.34", "target_cc": "8.9"},
+     r"compute capability 9\.0\) but the target GPU has compute capability 8\.9"),
+])
+def test_tensorrt_plan_refused_when_it_does_not_fit(bundle, tmp_path, target, reason):
+    opts = RepoOptions(repo=str(tmp_path / "repo"), platform="tensorrt", kind="gpu", **target)
+    with pytest.raises(RtkError, match=reason):
+        write_repository(bundle, opts, echo=lambda *_: None)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_tensorrt_plan_target_defaults_to_this_machine(bundle, tmp_path):
+    from toolkit.triton.targets import local_target
+
+    here = local_target()
+    if here == {"tensorrt_version": PLAN["tensorrt_version"], "compute_capability": "9.0"}:
+        pytest.skip("this machine is the plan's exact target")
+    with pytest.raises(RtkError, match="does not fit the target") as info:
+        write_repository(bundle, RepoOptions(repo=str(tmp_path / "repo"), platform="tensorrt",
+                                             kind="gpu"), echo=lambda *_: None)
+    assert "--target-tensorrt" in info.value.hint
+
+
+@pytest.mark.parametrize("opts,fragment", [
+    ({"platform": "tensorrt", "kind": "cpu"}, "GPU instances"),
+    ({"max_batch": 65}, "batch range 1..64"),
+    ({"max_batch": 64, "platform": "tensorrt", "kind": "gpu", "target_tensorrt": "10.9.0.34",
+      "target_cc": "9.0"}, "batch range 1..32"),
+    ({"name": "../evil"}, "Invalid model name"),
+    ({"name": "a/b"}, "Invalid model name"),
+    ({"name": ".hidden"}, "Invalid model name"),
+    ({"instances": 0}, "at least 1"),
+])
+def test_refusals_write_nothing(bundle, tmp_path, opts, fragment):
+    with pytest.raises(RtkError, match=fragment.replace(".", r"\.")):
+        write_repository(bundle, RepoOptions(repo=str(tmp_path / "repo"), **opts), echo=lambda *_: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["golden_run"]
+
+
+def test_stale_artifact_refused(bundle, tmp_path):
+    (bundle.root / "model.onnx").write_bytes(b"retrained")
+    with pytest.raises(RtkError, match="changed after rtk recorded it"):
+        write_repository(bundle, RepoOptions(repo=str(tmp_path / "repo")), echo=lambda *_: None)
+
+
+def test_failure_midway_leaves_repository_untouched(bundle, tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "other_model" / "1").mkdir(parents=True)
+    (repo / "other_model" / "config.pbtxt").write_text('name: "other_model"\nbackend: "python"\n')
+    write_repository(bundle, RepoOptions(repo=str(repo), name="pets"), echo=lambda *_: None)
+    before = tree(repo)
+    calls = []
+    real = repository._write_model
+
+    def flaky(folder, role, *args):
+        calls.append(role)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real(folder, role, *args)
+
+    monkeypatch.setattr(repository, "_write_model", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        write_repository(bundle, RepoOptions(repo=str(repo), name="pets", platform="python"),
+                         echo=lambda *_: None)
+    assert tree(repo) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["golden_run", "repo"]  # no temp left
+
+
+def test_regeneration_replaces_only_its_own_models(bundle, tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "other_model" / "1").mkdir(parents=True)
+    (repo / "other_model" / "config.pbtxt").write_text('name: "other_model"\nbackend: "python"\n')
+    write_repository(bundle, RepoOptions(repo=str(repo), name="pets", platform="python"),
+                     echo=lambda *_: None)
+    (repo / "pets_classifier" / "1" / "leftover.txt").write_text("old")
+    write_repository(bundle, RepoOptions(repo=str(repo), name="pets"), echo=lambda *_: None)
+    assert (repo / "other_model" / "config.pbtxt").is_file()
+    assert not (repo / "pets_classifier" / "1" / "leftover.txt").exists()
+    assert not (repo / "pets_classifier" / "1" / "model.py").exists()  # now onnxruntime_onnx
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["golden_run", "repo"]
+
+
+def test_invalid_config_text_is_a_user_error():
+    with pytest.raises(RtkError, match="Invalid config.pbtxt"):
+        configs.parse('name: "x"\nmax_batch_size: "many"\n')
+
+
+def test_cli_triton(bundle, tmp_path, cli):
+    result = cli("triton", bundle.root, "--repo", tmp_path / "repo", "--platform", "python",
+                 "--name", "pets", "--max-batch", "8", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["max_batch"] == 8 and summary["names"]["ensemble"] == "pets"
+    bad = cli("triton", bundle.root, "--repo", tmp_path / "repo2", "--name", "../x")
+    assert bad.exit_code != 0 and "Error: Invalid model name" in bad.output and "Hint:" in bad.output

@@ -1,0 +1,132 @@
+"""Triton client backend: image bytes to the ensemble, or tensors to the classifier, over HTTP/gRPC."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import RtkError, require
+from .base import Backend
+
+IMAGE_INPUT, PROBS_OUTPUT = "image", "probabilities"  # as written by toolkit.triton.configs
+START_HINT = "Start one with: rtk triton RUN_DIR --repo REPO && rtk serve REPO"
+
+
+class TritonClient(Backend):
+    """A model served by Triton; finds the deployment of this bundle's artifact by its sha256."""
+
+    name = "triton"
+    devices = ("cpu", "cuda")  # the device is the server's business, not the client's
+
+    @classmethod
+    def availability(cls, bundle, device):
+        try:
+            require("tritonclient.http", "triton")
+            require("tritonclient.grpc", "triton")
+        except RtkError as exc:
+            return f"tritonclient is not installed: {exc.hint}"
+        return None
+
+    def __init__(self, bundle, device="cpu", url: str | None = None, protocol: str = "http",
+                 send_bytes: bool = True, model: str | None = None, timeout: float = 60.0,
+                 **options):
+        super().__init__(bundle, device)
+        if not url:
+            raise RtkError("The triton backend needs the server address.",
+                           "Pass --url HOST:PORT (8000 for http, 8001 for grpc).")
+        if protocol not in ("http", "grpc"):
+            raise RtkError(f"Unknown protocol {protocol!r}.", "Use --protocol http or grpc.")
+        self.accepts_bytes = bool(send_bytes)
+        self.protocol, self.url = protocol, url.split("://", 1)[-1].rstrip("/")
+        self.lib = require(f"tritonclient.{protocol}", "triton")
+        self.client = self._connect(timeout)
+        self.model, self.config = self._find_model(model)
+        self.input = self.config["input"][0]["name"]
+        self.output = self.config["output"][0]["name"]
+        self.max_batch = int(self.config.get("max_batch_size") or 1)
+
+    def _connect(self, timeout: float):
+        kwargs = ({"connection_timeout": timeout, "network_timeout": timeout}
+                  if self.protocol == "http" else {})
+        try:
+            client = self.lib.InferenceServerClient(url=self.url, **kwargs)
+            ready = client.is_server_ready()
+        except Exception as exc:  # noqa: BLE001 - connection errors differ by protocol
+            raise RtkError(f"Cannot reach Triton at {self.url} over {self.protocol}: {exc}.",
+                           START_HINT) from exc
+        if not ready:
+            raise RtkError(f"Triton at {self.url} is not ready.", "Wait for `rtk serve` to say ready.")
+        return client
+
+    def _config(self, name: str) -> dict:
+        config = self.client.get_model_config(name, **({"as_json": True}
+                                                       if self.protocol == "grpc" else {}))
+        return config.get("config", config)
+
+    def _find_model(self, name: str | None) -> tuple[str, dict]:
+        """The ensemble (bytes) or classifier (tensors) serving one of this bundle's artifacts."""
+        role = "ensemble" if self.accepts_bytes else "classifier"
+        shas = {a.get("sha256") for a in self.bundle.manifest.get("artifacts", {}).values()}
+        index = self.client.get_model_repository_index(**({"as_json": True}
+                                                           if self.protocol == "grpc" else {}))
+        models = index.get("models", []) if isinstance(index, dict) else index
+        names = [name] if name else sorted(m["name"] for m in models if m.get("state") == "READY")
+        for candidate in names:
+            config = self._config(candidate)
+            params = {k: v.get("string_value") for k, v in config.get("parameters", {}).items()}
+            if params.get("rtk.role") == role and params.get("rtk.artifact_sha256") in shas:
+                return candidate, config
+        raise RtkError(f"No ready {role} on Triton at {self.url} serves this run's model "
+                       f"(looked at: {', '.join(names) or 'nothing'}).",
+                       f"Regenerate the repository from this run and restart: {START_HINT}")
+
+    def _input(self, x):
+        if self.accepts_bytes:
+            data = np.array([[bytes(b)] for b in x], dtype=object).reshape(-1, 1)
+            inp = self.lib.InferInput(self.input, list(data.shape), "BYTES")
+        else:
+            data = np.ascontiguousarray(x, dtype=np.float32)
+            inp = self.lib.InferInput(self.input, list(data.shape), "FP32")
+        inp.set_data_from_numpy(data)
+        return inp
+
+    def _infer(self, x, output: str, class_count: int = 0) -> np.ndarray:
+        outs = []
+        for i in range(0, len(x), self.max_batch):
+            inp = self._input(x[i:i + self.max_batch])
+            requested = self.lib.InferRequestedOutput(output, class_count=class_count)
+            try:
+                result = self.client.infer(self.model, [inp], outputs=[requested])
+            except Exception as exc:  # noqa: BLE001 - InferenceServerException and transport errors
+                message = exc.message() if hasattr(exc, "message") else str(exc)
+                raise RtkError(f"Triton refused the request to {self.model}: {message}",
+                               "Check the images (and the server log of `rtk serve`).") from exc
+            outs.append(result.as_numpy(output))
+        return np.concatenate(outs)
+
+    def __call__(self, x) -> np.ndarray:
+        """Logits (N, classes) as float32: from image bytes via the ensemble, or NCHW tensors."""
+        if len(x) == 0:
+            return np.zeros((0, len(self.bundle.classes)), np.float32)
+        return self._infer(x, self.output).astype(np.float32)
+
+    def probabilities(self, x) -> np.ndarray:
+        """Softmax probabilities computed by the ensemble's postprocessing model (bytes only)."""
+        if not self.accepts_bytes:
+            raise RtkError("Probabilities come from the ensemble.", "Send image bytes (no --tensors).")
+        return self._infer(x, PROBS_OUTPUT).astype(np.float32)
+
+    def labels(self, x, k: int = 5) -> list[list[dict]]:
+        """Top-k via Triton's classification extension: label, score and class index per item."""
+        output = PROBS_OUTPUT if self.accepts_bytes else self.output
+        raw = self._infer(x, output, class_count=max(1, k)).reshape(len(x), -1)
+        rows = []
+        for row in raw:
+            parsed = [item.decode() if isinstance(item, bytes) else str(item) for item in row]
+            rows.append([{"score": float(s), "index": int(i), "label": label}
+                         for s, i, label in (p.split(":", 2) for p in parsed)])
+        return rows
+
+    def close(self) -> None:
+        if getattr(self, "client", None) is not None:
+            self.client.close()
+            self.client = None

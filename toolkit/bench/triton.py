@@ -1,0 +1,141 @@
+"""Triton rows for `rtk bench`: a concurrency sweep over HTTP and gRPC, server-side times,
+and a bounded soak. Requests are single images sent as encoded bytes to the ensemble."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .system import rss_mb
+
+SERVER_PROCESSES = ("tritonserver", "triton_python_backend_stub")
+
+
+def urls(http: str, grpc: str | None = None) -> dict[str, str]:
+    """HTTP at --triton-url; gRPC at --triton-grpc-url, else the next port (rtk serve's layout)."""
+    host, _, port = http.split("://", 1)[-1].rpartition(":")
+    return {"http": f"{host}:{port}", "grpc": grpc or f"{host}:{int(port) + 1}"}
+
+
+def _open(bundle, protocol: str, url: str):
+    from ..backends import open_backend
+
+    return open_backend("triton", bundle, "cpu", url=url, protocol=protocol, send_bytes=True)
+
+
+def load(bundle, protocol: str, url: str, payloads: list[bytes], concurrency: int,
+         seconds: float) -> dict[str, Any]:
+    """`concurrency` clients each sending one image at a time for `seconds`."""
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    failures = [0] * concurrency
+    stop = time.perf_counter() + seconds
+
+    def worker(i: int) -> None:
+        with _open(bundle, protocol, url) as client:
+            k = i
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                try:
+                    client([payloads[k % len(payloads)]])
+                    latencies[i].append(time.perf_counter() - t0)
+                except Exception:  # noqa: BLE001 - counted, reported, never fatal
+                    failures[i] += 1
+                k += concurrency
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    lat = np.concatenate([np.asarray(x) for x in latencies]) * 1000
+    return {"requests": int(lat.size), "failed": sum(failures), "seconds": wall,
+            "throughput": lat.size / wall, "lat_ms": lat}
+
+
+def server_stats(client, protocol: str) -> dict[str, dict[str, float]]:
+    """Cumulative queue and compute time (ns) and counts per model, from Triton's statistics API."""
+    raw = client.get_inference_statistics(**({"as_json": True} if protocol == "grpc" else {}))
+    out = {}
+    for m in raw.get("model_stats", []):
+        s = m.get("inference_stats", {})
+        out[m["name"]] = {k: float(s.get(k, {}).get("ns", 0)) for k in ("queue", "compute_infer")}
+        out[m["name"]]["count"] = float(s.get("success", {}).get("count", 0))
+    return out
+
+
+def _server_side(before: dict, after: dict) -> dict[str, dict[str, float]]:
+    result = {}
+    for name, a in after.items():
+        b = before.get(name, {"queue": 0, "compute_infer": 0, "count": 0})
+        n = a["count"] - b["count"]
+        if n > 0:
+            result[name] = {"queue_ms": (a["queue"] - b["queue"]) / n / 1e6,
+                            "compute_ms": (a["compute_infer"] - b["compute_infer"]) / n / 1e6}
+    return result
+
+
+def server_rss_mb() -> float | None:
+    """Resident memory of the local Triton server and its Python backend stubs."""
+    try:
+        pids = subprocess.run(["pgrep", "-f", "|".join(SERVER_PROCESSES)], capture_output=True,
+                              text=True, timeout=5).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sizes = [s for p in pids if (s := rss_mb(p)) is not None]
+    return sum(sizes) if sizes else None
+
+
+def bench_triton(bundle, opts, images, reference, echo: Callable = print) -> dict[str, Any]:
+    """Parity through the server, then the sweep per protocol, then the optional soak."""
+    from ..evaluate import validation_samples
+    from .__init__ import PARITY_AGREEMENT, PARITY_IMAGES, row
+
+    paths = [p for p, _ in validation_samples(bundle)][:PARITY_IMAGES]
+    payloads = [p.read_bytes() for p in paths]
+    rows, per_protocol = [], {}
+    endpoints = urls(opts.triton_url, opts.triton_grpc_url)
+    for protocol in opts.triton_protocols:
+        url = endpoints[protocol]
+        try:
+            with _open(bundle, protocol, url) as client:
+                logits = client(payloads)
+                agreement = float((logits.argmax(1) == reference.argmax(1)).mean())
+                if agreement < PARITY_AGREEMENT:
+                    rows.append(row("triton", "server", 1, f"parity failed: agreement {agreement:.1%}",
+                                    protocol=protocol, concurrency=None))
+                    continue
+                sweep = []
+                for c in opts.triton_concurrency:
+                    echo(f"  triton {protocol:<4} concurrency {c}")
+                    before = server_stats(client.client, protocol)
+                    res = load(bundle, protocol, url, payloads, c, opts.timing.duration)
+                    side = _server_side(before, server_stats(client.client, protocol))
+                    lat = res.pop("lat_ms")
+                    r = row("triton", "server", 1, "ok" if not res["failed"] else
+                            f"{res['failed']} failed requests", protocol=protocol, concurrency=c,
+                            throughput=res["throughput"], agreement=agreement,
+                            p50_ms=float(np.percentile(lat, 50)), p90_ms=float(np.percentile(lat, 90)),
+                            p99_ms=float(np.percentile(lat, 99)), requests=res["requests"],
+                            server=side)
+                    rows.append(r)
+                    sweep.append(r)
+                per_protocol[protocol] = sweep
+        except Exception as exc:  # an unreachable server is a row, not a crash
+            rows.append(row("triton", "server", None, f"error: {getattr(exc, 'message', exc)}",
+                            protocol=protocol, concurrency=None))
+    soak = None
+    if opts.soak_seconds > 0 and per_protocol:
+        protocol, c = next(iter(per_protocol)), max(opts.triton_concurrency)
+        echo(f"  triton soak: {opts.soak_seconds:.0f} s at concurrency {c} ({protocol})")
+        start_rss = server_rss_mb()
+        res = load(bundle, protocol, endpoints[protocol], payloads, c, opts.soak_seconds)
+        soak = {"protocol": protocol, "concurrency": c, "seconds": res["seconds"],
+                "requests": res["requests"], "failed": res["failed"],
+                "server_rss_start_mb": start_rss, "server_rss_end_mb": server_rss_mb()}
+    return {"rows": rows, "soak": soak}

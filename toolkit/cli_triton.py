@@ -1,0 +1,108 @@
+"""`rtk triton` (write a model repository) and `rtk serve` (run a real Triton server on it)."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import click
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--repo", default="model_repository", show_default=True, type=click.Path(),
+              help="Model repository to create or update.")
+@click.option("--name", help="Ensemble name (default: the run folder's name).")
+@click.option("--platform", type=click.Choice(["onnxruntime", "tensorrt", "python"]),
+              default="onnxruntime", show_default=True,
+              help="python: ONNX Runtime inside Triton's Python backend (nvidia-pytriton's server).")
+@click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--max-batch", type=int, help="max_batch_size (default: the artifact's largest batch).")
+@click.option("--instances", default=1, show_default=True, help="Instances per model.")
+@click.option("--queue-delay-us", default=100, show_default=True, help="Dynamic batching delay.")
+@click.option("--trt-fp16", is_flag=True,
+              help="onnxruntime on GPU: enable the TensorRT execution accelerator in FP16.")
+@click.option("--target-tensorrt", help="tensorrt: TensorRT version of the serving host (default: here).")
+@click.option("--target-cc", help="tensorrt: GPU compute capability of the serving host (default: here).")
+@click.option("--json", "as_json", is_flag=True)
+def triton(run_dir, repo, name, platform, kind, max_batch, instances, queue_delay_us, trt_fp16,
+           target_tensorrt, target_cc, as_json):
+    """Write a Triton model repository for RUN_DIR: classifier, preprocessing, ensemble."""
+    from .cli import handled
+
+    handled(_triton)(run_dir, repo, name, platform, kind, max_batch, instances, queue_delay_us,
+                     trt_fp16, target_tensorrt, target_cc, as_json)
+
+
+def _triton(run_dir, repo, name, platform, kind, max_batch, instances, queue_delay_us, trt_fp16,
+            target_tensorrt, target_cc, as_json):
+    from .bundle import Bundle
+    from .triton import RepoOptions, write_repository
+
+    opts = RepoOptions(repo=repo, name=name, platform=platform, kind=kind, max_batch=max_batch,
+                       instances=instances, queue_delay_us=queue_delay_us, trt_fp16=trt_fp16,
+                       target_tensorrt=target_tensorrt, target_cc=target_cc)
+    summary = write_repository(Bundle.load(run_dir), opts, echo=lambda m: click.echo(m, err=True))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    names = summary["names"]
+    click.echo(f"Ensemble {names['ensemble']!r} (image bytes in, {names['classifier']} on "
+               f"{platform}/{kind}, max batch {summary['max_batch']}) in {summary['repo']}")
+    click.echo(f"Serve it with: rtk serve {summary['repo']}")
+
+
+@click.command()
+@click.argument("repo", default="model_repository", type=click.Path())
+@click.option("--http-port", default=8000, show_default=True)
+@click.option("--grpc-port", default=8001, show_default=True)
+@click.option("--metrics-port", default=8002, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="Bind address; 0.0.0.0 exposes the server on every interface.")
+@click.option("--timeout", default=180, show_default=True, help="Seconds to wait until ready.")
+@click.option("--quiet", is_flag=True, help="Do not echo Triton's log (errors are still reported).")
+def serve(repo, http_port, grpc_port, metrics_port, address, timeout, quiet):
+    """Run a real Triton server on REPO until Ctrl-C."""
+    from .cli import handled
+
+    handled(_serve)(repo, http_port, grpc_port, metrics_port, address, timeout, quiet)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _serve(repo, http_port, grpc_port, metrics_port, address, timeout, quiet):
+    from .errors import RtkError
+    from .triton.server import TritonServer
+
+    log = None if quiet else (lambda line: click.echo(line, err=True))
+    server = TritonServer(repo, http_port, grpc_port, metrics_port, address, log=log)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `docker stop`, `kill`: same as Ctrl-C
+    try:
+        server.start(timeout)
+        _announce(server)
+        try:
+            code = server.wait()
+        except KeyboardInterrupt:
+            click.echo("Stopping Triton...", err=True)
+            server.stop()
+            click.echo("Triton stopped.")
+            return
+        raise RtkError(f"Triton exited on its own (code {code}): {server.reason()}",
+                       "See Triton's log above.")
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _announce(server) -> None:
+    ep = server.endpoints
+    models = [m["name"] for m in server.models() if m.get("state") == "READY"]
+    click.echo(f"Triton {server.version() or ''} is ready with {len(models)} model(s): "
+               f"{', '.join(models)}")
+    click.echo(f"  HTTP     http://{ep['http']}")
+    click.echo(f"  gRPC     {ep['grpc']}")
+    click.echo(f"  metrics  {ep['metrics']}")
+    click.echo(f"Try: rtk predict RUN_DIR IMAGE --backend triton --url {ep['http']}")
+    click.echo("Press Ctrl-C to stop.")

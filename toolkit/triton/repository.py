@@ -1,0 +1,215 @@
+"""`rtk triton`: write a Triton model repository (classifier, preprocessing, ensemble) atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..bundle import Bundle
+from ..errors import RtkError
+from . import configs
+from .configs import Serving, Tensor
+
+PLATFORMS = ("onnxruntime", "tensorrt", "python")
+ARTIFACTS = {"onnxruntime": "model.onnx", "python": "model.onnx", "tensorrt": "model.fp16.plan"}
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
+HERE = Path(__file__).parent
+
+
+@dataclass
+class RepoOptions:
+    """Everything `rtk triton` can choose; the rest is derived from the bundle."""
+
+    repo: str = "model_repository"
+    name: str | None = None
+    platform: str = "onnxruntime"
+    kind: str = "cpu"
+    max_batch: int | None = None
+    instances: int = 1
+    queue_delay_us: int = 100
+    trt_fp16: bool = False  # onnxruntime on GPU: TensorRT execution accelerator in FP16
+    target_tensorrt: str | None = None  # tensorrt: the Triton host's TensorRT (default: here)
+    target_cc: str | None = None  # tensorrt: the Triton host's GPU compute capability
+
+
+def model_names(name: str) -> dict[str, str]:
+    """Names of the four models; the ensemble carries the plain name."""
+    if not NAME_RE.match(name):
+        raise RtkError(f"Invalid model name {name!r}.",
+                       "Use 1-48 letters, digits, '_' or '-', starting with a letter or digit.")
+    return {"ensemble": name, "preprocess": f"{name}_preprocess",
+            "classifier": f"{name}_classifier", "postprocess": f"{name}_postprocess"}
+
+
+def default_name(bundle: Bundle) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", bundle.root.resolve().name).strip("_-")[:48] or "classifier"
+
+
+def _check(opts: RepoOptions) -> None:
+    if opts.platform not in PLATFORMS:
+        raise RtkError(f"Unknown platform {opts.platform!r}.", f"Use one of: {', '.join(PLATFORMS)}.")
+    if opts.kind not in ("cpu", "gpu"):
+        raise RtkError(f"Unknown instance kind {opts.kind!r}.", "Use cpu or gpu.")
+    if opts.platform == "tensorrt" and opts.kind != "gpu":
+        raise RtkError("TensorRT plans run only on GPU instances.", "Add --kind gpu.")
+    if opts.instances < 1:
+        raise RtkError(f"--instances must be at least 1, got {opts.instances}.", "Use --instances 1.")
+
+
+def _classifier_io(bundle: Bundle, artifact: str) -> tuple[dict, Tensor, Tensor, int]:
+    """The artifact's entry, input/output tensors and batch limit, all from the manifest."""
+    entry = bundle.manifest["artifacts"][artifact]
+    spec = entry.get("io") or bundle.manifest["artifacts"].get(entry.get("parent"), {}).get("io")
+    if not spec:
+        raise RtkError(f"The manifest records no inputs/outputs for {artifact}.",
+                       f"Re-export: rtk export {bundle.root}")
+    (inp,), (out,) = spec["inputs"], spec["outputs"]
+    if inp["shape"][0] != -1 or out["shape"][0] != -1:
+        raise RtkError(f"{artifact} has a fixed batch dimension.", f"Re-export: rtk export {bundle.root}")
+    limit = entry.get("profile", {}).get("max") if artifact.endswith(".plan") else entry.get("max_batch")
+    if not limit:
+        raise RtkError(f"The manifest records no batch range for {artifact}.",
+                       f"Re-export: rtk export {bundle.root}")
+    return (entry, Tensor(inp["name"], inp["dtype"], inp["shape"][1:]),
+            Tensor(out["name"], out["dtype"], out["shape"][1:]), int(limit))
+
+
+def _check_plan(entry: dict, opts: RepoOptions) -> None:
+    from .targets import local_target, plan_mismatch
+
+    here = {} if opts.target_tensorrt and opts.target_cc else local_target()
+    trt = opts.target_tensorrt or here.get("tensorrt_version")
+    cc = opts.target_cc or here.get("compute_capability")
+    reason = plan_mismatch(entry, trt, cc)
+    if reason:
+        raise RtkError(f"model.fp16.plan does not fit the target: {reason}.",
+                       "Rebuild the plan on the serving GPU with the Triton image's TensorRT "
+                       "(rtk export RUN_DIR --fp16 --format tensorrt), pass --target-tensorrt/"
+                       "--target-cc for that host, or use --platform onnxruntime.")
+
+
+def build_configs(bundle: Bundle, opts: RepoOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Protobuf configs of the four models (role -> ModelConfig) and the facts they came from."""
+    _check(opts)
+    names = model_names(opts.name or default_name(bundle))
+    artifact = ARTIFACTS[opts.platform]
+    bundle.artifact(artifact)  # refuses a missing, changed, stale or untrusted artifact
+    entry, inp, out, limit = _classifier_io(bundle, artifact)
+    if opts.platform == "tensorrt":
+        _check_plan(entry, opts)
+    max_batch = opts.max_batch or limit
+    if not 1 <= max_batch <= limit:
+        raise RtkError(f"--max-batch {max_batch} is outside {artifact}'s batch range 1..{limit}.",
+                       f"Use --max-batch {limit} or less, or re-export with a larger --max-batch.")
+    params = {"rtk.run": bundle.root.resolve().name,
+              "rtk.artifact": artifact, "rtk.artifact_sha256": entry["sha256"]}
+
+    def serving(role: str, **extra: str) -> Serving:
+        return Serving(max_batch, opts.kind, opts.instances, opts.queue_delay_us,
+                       {**params, "rtk.role": role, **extra})
+
+    extra = {"onnx_file": "model.onnx"} if opts.platform == "python" else {}
+    made = {
+        "classifier": configs.classifier(names["classifier"], opts.platform, inp, out,
+                                         serving("classifier", **extra), trt_fp16=opts.trt_fp16),
+        "preprocess": configs.preprocess(names["preprocess"], inp, serving("preprocess"),
+                                         bundle.preprocessing),
+        "postprocess": configs.postprocess(names["postprocess"], out, serving("postprocess")),
+        "ensemble": configs.ensemble(names["ensemble"], names, inp, out, serving("ensemble")),
+    }
+    return made, {"artifact": artifact, "max_batch": max_batch, "names": names}
+
+
+def write_repository(bundle: Bundle, opts: RepoOptions, echo: Callable = print) -> dict[str, Any]:
+    """Generate the repository in a temp folder beside it, verify it, then swap it in."""
+    made, facts = build_configs(bundle, opts)
+    repo = Path(opts.repo)
+    if repo.exists() and not repo.is_dir():
+        raise RtkError(f"{repo} exists and is not a folder.", "Pass another --repo.")
+    repo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}.rtk-", dir=repo.parent))
+    try:
+        for role, config in made.items():
+            _write_model(tmp / config.name, role, config, bundle, facts["artifact"])
+        verify_repository(tmp)
+        _swap(tmp, repo, [c.name for c in made.values()])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    echo(f"Wrote {len(made)} models to {repo}: " + ", ".join(c.name for c in made.values()))
+    return {"repo": str(repo), "platform": opts.platform, "kind": opts.kind, **facts}
+
+
+def _write_model(folder: Path, role: str, config, bundle: Bundle, artifact: str) -> None:
+    version = folder / "1"
+    version.mkdir(parents=True)
+    (folder / "config.pbtxt").write_text(configs.to_text(config))
+    if any(o.label_filename for o in config.output):
+        (folder / configs.LABELS).write_text("\n".join(bundle.classes) + "\n")
+    if role == "classifier":
+        target = "model.plan" if artifact.endswith(".plan") else "model.onnx"
+        shutil.copyfile(bundle.path(artifact), version / target)
+        if config.backend == "python":
+            shutil.copyfile(HERE / "classifier_model.py", version / "model.py")
+    elif role == "preprocess":
+        shutil.copyfile(HERE / "preprocess_model.py", version / "model.py")
+        shutil.copyfile(HERE.parent / "imageio.py", version / "imageio.py")
+        (folder / "warmup").mkdir()
+        (folder / "warmup" / configs.WARMUP_FILE).write_bytes(
+            _warmup_bytes(bundle.preprocessing["crop"]))
+    elif role == "postprocess":
+        shutil.copyfile(HERE / "postprocess_model.py", version / "model.py")
+    else:
+        (version / ".gitkeep").write_text("")  # Triton needs the version folder, git a file
+
+
+def _warmup_bytes(crop: int) -> bytes:
+    """One PNG, serialized as Triton's BYTES warm-up data (uint32 length + bytes)."""
+    import numpy as np
+    from PIL import Image
+
+    side = crop + crop // 8
+    ramp = np.linspace(0, 255, side, dtype=np.uint8)
+    arr = np.stack([np.tile(ramp, (side, 1)), np.tile(ramp[:, None], (1, side)),
+                    np.full((side, side), 128, np.uint8)], axis=-1)
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB").save(buf, format="PNG")
+    return struct.pack("<I", len(buf.getvalue())) + buf.getvalue()
+
+
+def verify_repository(repo: str | Path) -> list[str]:
+    """Parse every config.pbtxt back with Triton's schema; names must match their folders."""
+    found = []
+    for path in sorted(Path(repo).glob("*/config.pbtxt")):
+        config = configs.parse(path.read_text())
+        if config.name != path.parent.name:
+            raise RtkError(f"{path} names model {config.name!r}, not {path.parent.name!r}.",
+                           "Regenerate the repository with `rtk triton`.")
+        found.append(config.name)
+    if not found:
+        raise RtkError(f"{repo} holds no model (no */config.pbtxt).",
+                       "Generate one with: rtk triton RUN_DIR --repo REPO")
+    return found
+
+
+def _swap(tmp: Path, repo: Path, names: list[str]) -> None:
+    """Move the new model folders in; replaced ones go to a trash folder, then away."""
+    if not repo.exists():
+        os.replace(tmp, repo)
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".{repo.name}.old-", dir=repo.parent))
+    try:
+        for name in names:
+            if (repo / name).exists():
+                os.replace(repo / name, trash / name)
+            os.replace(tmp / name, repo / name)
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(trash)

@@ -1,0 +1,192 @@
+"""`rtk serve`: a real Triton server on a model repository, started, watched and stopped cleanly."""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import ctypes.util
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+from ..errors import RtkError
+from .install import find_tritonserver
+from .repository import verify_repository
+
+GLOG_PREFIX = re.compile(r'^[IWEF]\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] "?')
+FAILURE_MARKS = ("failed to load", "already in use", "Failed to listen", "failed to start",
+                 "error: creating server", "Address in use", "failed to bind")
+
+
+class TritonServer:
+    """One tritonserver process; a context manager that always stops it."""
+
+    def __init__(self, repo: str | Path, http_port: int = 8000, grpc_port: int = 8001,
+                 metrics_port: int = 8002, address: str = "127.0.0.1",
+                 log: Callable[[str], None] | None = None, exit_timeout: int = 10) -> None:
+        self.repo = Path(repo).resolve()
+        self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+        self.address, self.log, self.exit_timeout = address, log, exit_timeout
+        self.lines: collections.deque[str] = collections.deque(maxlen=500)
+        self.proc: subprocess.Popen | None = None
+        self._workdir: Path | None = None
+        self._reader: threading.Thread | None = None
+        self.source = ""
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        return {"http": f"{self.host}:{self.ports['http']}", "grpc": f"{self.host}:{self.ports['grpc']}",
+                "metrics": f"http://{self.host}:{self.ports['metrics']}/metrics"}
+
+    def start(self, timeout: float = 180.0) -> "TritonServer":
+        """Launch tritonserver and block until it is ready (or raise Triton's reason)."""
+        if not self.repo.is_dir():
+            raise RtkError(f"No model repository at {self.repo}.",
+                           "Generate one with: rtk triton RUN_DIR --repo REPO")
+        verify_repository(self.repo)
+        self._check_ports()
+        self._workdir = Path(tempfile.mkdtemp(prefix="rtk-triton-"))
+        install = find_tritonserver(self._workdir)
+        self.source = install.source
+        cmd = [str(install.binary), f"--model-repository={self.repo}",
+               *[f"--{k}-port={v}" for k, v in self.ports.items()],
+               *[f"--{k}-address={self.address}" for k in self.ports],
+               "--disable-auto-complete-config", f"--exit-timeout-secs={self.exit_timeout}",
+               f"--backend-config=python,shm-region-prefix-name=rtk{os.getpid()}_{id(self) % 9973}",
+               *install.flags]
+        self.proc = subprocess.Popen(cmd, env=install.env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                                     errors="replace", start_new_session=True,
+                                     preexec_fn=_die_with_parent)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _check_ports(self) -> None:
+        for kind, port in self.ports.items():
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((self.address, port))
+                except OSError as exc:
+                    raise RtkError(f"Cannot use {self.address}:{port} for {kind}: {exc.strerror}.",
+                                   f"Another server holds it; pass --{kind}-port with a free port.") \
+                        from exc
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            self.lines.append(line)
+            if self.log:
+                self.log(line)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._reader.join(timeout=5)
+                reason = self.reason()
+                raise RtkError(f"Triton exited (code {self.proc.returncode}) before it was ready: "
+                               f"{reason}", _hint(reason, self.source))
+            if self._get("/v2/health/ready") is not None:
+                return
+            time.sleep(0.25)
+        raise RtkError(f"Triton was not ready after {timeout:.0f} s: {self.reason()}",
+                       "Models may still be loading; raise --timeout.")
+
+    def _get(self, route: str, data: bytes | None = None):
+        url = f"http://{self.host}:{self.ports['http']}{route}"
+        try:
+            with urllib.request.urlopen(url, data=data, timeout=2) as resp:
+                body = resp.read()
+                return json.loads(body) if body else {}
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+
+    def models(self) -> list[dict]:
+        """The repository index as Triton reports it (name, version, state)."""
+        return self._get("/v2/repository/index", data=b"{}") or []
+
+    def version(self) -> str | None:
+        return (self._get("/v2") or {}).get("version")
+
+    def reason(self) -> str:
+        """Triton's own words for the failure, from its log: model status rows first."""
+        rows, errors = [], []
+        for line in self.lines:
+            if line.startswith("|") and "UNAVAILABLE" in line:
+                name, version, status = [p.strip() for p in line.strip().strip("|").split("|")][:3]
+                rows.append(f"model {name} (version {version}) is {status}")
+                continue
+            text = GLOG_PREFIX.sub("", line).strip().strip('"')
+            if any(m in text for m in FAILURE_MARKS):
+                errors.append(text)
+        found = rows or errors or [GLOG_PREFIX.sub("", s) for s in self.lines if s.startswith("E")]
+        found = list(dict.fromkeys(f.split("\\n")[0].strip() for f in found))
+        return "; ".join(found[-3:]) or "no error in its log"
+
+    def wait(self) -> int:
+        """Block until Triton exits; its exit code."""
+        return self.proc.wait()
+
+    def stop(self) -> None:
+        """SIGINT (Triton's graceful shutdown), then SIGKILL if it outlives its exit timeout."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=self.exit_timeout + 15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def __enter__(self) -> "TritonServer":
+        return self if self.proc is not None else self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _hint(reason: str, source: str) -> str:
+    if "unable to find backend library" in reason and source == "nvidia-pytriton":
+        return ("The tritonserver inside nvidia-pytriton has only the Python backend: regenerate "
+                "with `rtk triton RUN_DIR --platform python`, or serve with the official Triton "
+                "image (see compose.yaml).")
+    return "Fix the model or port named above; the full log is Triton's output (without --quiet)."
+
+
+def _die_with_parent() -> None:
+    """Runs in the child: SIGTERM Triton if rtk dies, so no orphan server keeps the ports."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    """A port the OS considers free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
