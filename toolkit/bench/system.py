@@ -57,24 +57,23 @@ def environment() -> dict:
             "git_commit": _git_commit()}
 
 
-def rss_mb(pid: int | str = "self") -> float | None:
-    """Resident memory of a process in MiB (Linux)."""
+def _status_mb(pid: int | str, field: str) -> float | None:
+    """A memory field (VmRSS, VmHWM) of /proc/PID/status in MiB; None off Linux."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
+
+
+def rss_mb(pid: int | str = "self") -> float | None:
+    """Resident memory of a process in MiB."""
+    return _status_mb(pid, "VmRSS")
 
 
 def peak_rss_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    """Peak resident memory of this process in MiB."""
+    return _status_mb("self", "VmHWM")
