@@ -62,8 +62,12 @@ def test_reports_are_written_with_environment_and_headlines(bench_result):
     assert env["cpu"] and env["cpu_cores"] >= 1 and "torch" in env["versions"]
     base = saved["headlines"]["baseline"]
     assert base["backend"] == "torch" and base["throughput"] > 0
+    ok = [r for r in saved["results"] if r["status"] == "ok"]
+    fastest = max(ok, key=lambda r: r["throughput"])
     best = saved["headlines"]["best_cpu"]
-    assert best["speedup_vs_cpu_eager"] >= 1.0  # the best includes the baseline itself
+    assert (best["backend"], best["batch_size"]) == (fastest["backend"], fastest["batch_size"])
+    assert best["speedup_vs_cpu_eager"] == pytest.approx(fastest["throughput"] / base["throughput"])
+    assert base["throughput"] == max(r["throughput"] for r in ok if r["backend"] == "torch")
     md = (out / "report.md").read_text()
     assert "| backend | device | batch |" in md and "Headlines" in md
     assert (out / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

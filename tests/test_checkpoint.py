@@ -143,6 +143,11 @@ def _wait_for_epoch(proc, last_pt, epoch: int, timeout: float = 180.0) -> None:
     pytest.fail(f"no last.pt with epoch {epoch} after {timeout} s")
 
 
+def _history(run) -> list[dict]:
+    with open(run / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
 def _history_epochs(run):
     with open(run / "history.csv") as f:
         return [int(row["epoch"]) for row in csv.DictReader(f)]
@@ -248,6 +253,10 @@ def test_mid_epoch_interrupt_resumes_exactly(tiny_data, tmp_path, uninterrupted,
     got = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(ref[k], v) for k, v in got.items())
     assert _history_epochs(tmp_path / "run") == [1, 2, 3]
+    # the interrupted epoch's statistics cover all its batches, not only those after the resume
+    for want, have in zip(_history(uninterrupted), _history(tmp_path / "run"), strict=True):
+        for key in ("train_loss", "train_accuracy", "val_accuracy"):
+            assert float(have[key]) == pytest.approx(float(want[key]), abs=1e-6), key
 
 
 def test_interrupt_during_evaluation_does_not_duplicate_history(tiny_data, tmp_path, monkeypatch):
@@ -268,3 +277,5 @@ def test_interrupt_during_evaluation_does_not_duplicate_history(tiny_data, tmp_p
     bundle = _fit(tiny_data, tmp_path / "run", resume=True)
     assert _history_epochs(tmp_path / "run") == [1, 2]
     assert bundle.manifest["status"] == "complete"
+    second = _history(tmp_path / "run")[1]  # trained before the interrupt, evaluated after
+    assert float(second["train_loss"]) > 0 and float(second["train_accuracy"]) > 0

@@ -141,6 +141,27 @@ def test_stale_artifacts_are_refused_after_retraining(exported, tmp_path, cli):
         assert_user_error(cli("eval", root, "--backend", backend), "stale", "rtk export")
 
 
+def test_an_artifact_never_gated_is_refused(exported, tmp_path, cli):
+    """An export that stopped between conversion and gate leaves a pending, unusable artifact."""
+    from toolkit.bundle import Bundle
+
+    root = Path(shutil.copytree(exported, tmp_path / "run"))
+    bundle = Bundle.load(root)
+    entry = bundle.manifest["artifacts"]["model.int8.onnx"]
+    entry.update(trusted=False, gate="pending")
+    entry.pop("parity")
+    bundle.save()
+    assert_user_error(cli("eval", root, "--backend", "onnxruntime-int8"), "never checked")
+    assert cli("eval", root, "--backend", "onnxruntime").exit_code == 0
+
+
+def test_torch_amp_backend_agrees_with_eager(exported, cli):
+    amp = json.loads(cli("eval", exported, "--backend", "torch-amp", "--json").stdout)
+    eager = json.loads(cli("eval", exported, "--backend", "torch", "--json").stdout)
+    assert amp["backend"] == "torch-amp" and amp["n"] == eager["n"]
+    assert abs(amp["accuracy"] - eager["accuracy"]) <= 1 / eager["n"] + 1e-9
+
+
 def test_tensorrt_format_without_tensorrt_is_an_error_with_the_command(bundle_copy, cli):
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("tensorrt is installed here; this checks the no-TensorRT path")
@@ -169,8 +190,10 @@ def test_tensorrt_engine_builds_and_passes_gate(bundle_copy):
     rows = export(Bundle.load(bundle_copy), ExportOptions(fp16=True, format="all", max_batch=8),
                   echo=lambda *_: None)
     plan = next(r for r in rows if r["artifact"] == "model.fp16.plan")
-    assert plan["passed"]
-    assert (bundle_copy / "model.fp16.plan").read_bytes()[:4] != b"{\"rt"  # raw plan, no header
+    assert plan["passed"] and plan["agreement"] >= 0.99
+    entry = Bundle.load(bundle_copy).manifest["artifacts"]["model.fp16.plan"]
+    assert entry["profile"] == {"input": "input", "min": 1, "opt": 4, "max": 8}
+    assert entry["tensorrt_version"] and entry["compute_capability"]
 
 
 REMOVED_TRT_APIS = ["BuilderFlag.FP16", "BuilderFlag.INT8", "set_int8_calibrator",

@@ -68,6 +68,13 @@ class Bundle:
     def save(self) -> None:
         write_json(self.root / MANIFEST, self.manifest)
 
+    def split(self) -> dict[str, Any]:
+        """The train/validation split recorded by `rtk finetune` (relative paths, labels)."""
+        path = self.root / "split.json"
+        if not path.is_file():
+            raise RtkError(f"{self.root} has no split.json.", "Re-run `rtk finetune`.")
+        return json.loads(path.read_text())
+
     def write_labels(self) -> None:
         write_text(self.root / LABELS, "\n".join(self.classes) + "\n")
 
@@ -85,7 +92,12 @@ class Bundle:
         """Path of a recorded artifact, refused when missing, changed, stale or untrusted."""
         self._verify(name)
         entry = self.manifest["artifacts"][name]
-        if trusted and entry.get("trusted") is False:
+        # Derived artifacts are trusted only once they passed their gate; a crash between
+        # conversion and gate leaves them "pending", which is refused like a failure.
+        if trusted and entry.get("parent") is not None and entry.get("trusted") is not True:
+            if entry.get("gate") == "pending":
+                raise RtkError(f"{name} was never checked against PyTorch (the export stopped).",
+                               f"Re-export: rtk export {self.root}")
             raise RtkError(f"{name} failed its accuracy gate and is marked untrusted.",
                            f"See the parity table in {self.root / MANIFEST}; re-export or relax the gate.")
         return self.root / name

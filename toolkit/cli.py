@@ -9,10 +9,10 @@ import sys
 import click
 
 from . import __version__
+from .backends import REGISTRY
 from .errors import RtkError
 
-BACKENDS = ["torch", "torch-amp", "torch-compile", "onnxruntime", "onnxruntime-fp16",
-            "onnxruntime-int8", "tensorrt", "triton"]
+BACKENDS = list(REGISTRY)  # the registry module is light: no backend library is imported
 
 
 def _fail(message: str, hint: str | None, code: int) -> None:
@@ -35,6 +35,8 @@ def handled(fn):
             _fail(exc.message, exc.hint, exc.exit_code)
         except KeyboardInterrupt:
             _fail("Interrupted.", None, 130)
+        except (click.ClickException, click.exceptions.Exit):
+            raise
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if debug:
                 raise

@@ -23,11 +23,13 @@ def _ints(text: str) -> list[int]:
               help="Comma-separated backend names, or all (every local backend).")
 @click.option("--batch-sizes", default="1,8,32", show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda", "all"]), default="cpu", show_default=True)
-@click.option("--duration", default=10.0, show_default=True, help="Seconds per measurement (max).")
+@click.option("--duration", default=10.0, show_default=True,
+              type=click.FloatRange(min=0.1), help="Seconds per measurement (max).")
 @click.option("--triton-url", help="HOST:PORT of a running Triton server (HTTP; gRPC is port+1).")
 @click.option("--triton-grpc-url", help="HOST:PORT for gRPC (default: the HTTP port + 1).")
 @click.option("--concurrency", default="1,2,4,8", show_default=True, help="Triton sweep.")
-@click.option("--soak", default=0.0, show_default=True, help="Triton soak seconds at max concurrency.")
+@click.option("--soak", default=0.0, show_default=True,
+              type=click.FloatRange(min=0), help="Triton soak seconds at max concurrency.")
 @click.option("--out", default="benchmarks/latest", show_default=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True)
 def bench(run_dir, backends, batch_sizes, device, duration, triton_url, triton_grpc_url, concurrency, soak,

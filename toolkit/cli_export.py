@@ -25,8 +25,10 @@ def parity_table(rows: list[dict]) -> None:
 @click.option("--format", "fmt", type=click.Choice(["onnx", "tensorrt", "all"]), default="all",
               show_default=True, help="tensorrt fails on hosts without TensorRT and a GPU.")
 @click.option("--opset", default=18, show_default=True)
-@click.option("--max-batch", default=64, show_default=True, help="Largest batch (engine profile max).")
-@click.option("--calib-size", default=256, show_default=True, help="INT8 calibration images.")
+@click.option("--max-batch", default=64, show_default=True,
+              type=click.IntRange(min=1), help="Largest batch (engine profile max).")
+@click.option("--calib-size", default=256, show_default=True,
+              type=click.IntRange(min=1), help="INT8 calibration images.")
 @click.option("--int8-scheme", type=click.Choice(["cpu", "tensorrt"]), default="cpu", show_default=True,
               help="cpu: uint8 activations, fast in ONNX Runtime; tensorrt: symmetric int8 "
                    "activations for TensorRT explicit quantization.")

@@ -78,7 +78,9 @@ def _serve(repo, http_port, grpc_port, metrics_port, address, timeout, quiet):
 
     log = None if quiet else (lambda line: click.echo(line, err=True))
     server = TritonServer(repo, http_port, grpc_port, metrics_port, address, log=log)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # `docker stop`, `kill`: same as Ctrl-C
+    # `docker stop`, `kill` and Ctrl-C all stop cleanly; SIGINT is installed explicitly because a
+    # shell's background job starts with it ignored, and then Python never raises KeyboardInterrupt.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.start(timeout)
         _announce(server)
@@ -93,7 +95,8 @@ def _serve(repo, http_port, grpc_port, metrics_port, address, timeout, quiet):
                        "See Triton's log above.")
     finally:
         server.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _announce(server) -> None:

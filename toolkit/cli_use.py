@@ -33,7 +33,7 @@ def _triton_opts(backend, url, protocol, tensors) -> dict:
 @click.argument("run_dir", type=click.Path())
 @click.argument("data_dir", type=click.Path(), required=False)
 @backend_options
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
 def eval_cmd(run_dir, data_dir, backend, device, url, protocol, tensors, batch_size, as_json):
     """Accuracy of RUN_DIR's model on DATA_DIR (default: the run's validation split)."""
@@ -64,7 +64,7 @@ def _eval(run_dir, data_dir, backend, device, url, protocol, tensors, batch_size
 @click.argument("run_dir", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @backend_options
-@click.option("--topk", default=5, show_default=True)
+@click.option("--topk", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
 def predict(run_dir, images, backend, device, url, protocol, tensors, topk, as_json):
     """Top-k labels with probabilities for each image."""

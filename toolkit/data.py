@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Callable, Sequence
 
 from .errors import RtkError
 from .imageio import open_rgb
+from .machine import usable_cores
 from .scan import Scan
 
 
@@ -58,7 +58,7 @@ def check_usable(scan: Scan) -> None:
 
 def loader_settings(device: str, distributed_world: int = 1) -> dict:
     """DataLoader workers, pinned memory and persistence sized to this machine."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = usable_cores()
     workers = max(0, min(8, cpus // max(1, distributed_world) - 1))
     return {"num_workers": workers, "pin_memory": device == "cuda",
             "persistent_workers": workers > 0,

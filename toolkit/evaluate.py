@@ -16,9 +16,7 @@ from .metrics import classification
 
 def validation_samples(bundle: Bundle) -> list[tuple[Path, int]]:
     """The held-out images recorded by `rtk finetune` (the split is reused, never redrawn)."""
-    from .train import load_split
-
-    split = load_split(bundle.root)
+    split = bundle.split()
     data = bundle.manifest["data"]
     root = Path(data["val_dir"] or data["train_dir"])
     samples = [(root / rel, label) for rel, label in split["val"]]

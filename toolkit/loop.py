@@ -80,14 +80,23 @@ def warmup_cosine(optimizer, total_steps: int, warmup_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def new_totals() -> dict[str, float]:
+    return {"loss_sum": 0.0, "correct": 0, "seen": 0}
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, rt: Runtime, *,
-                    skip_batches: int = 0, on_batch=None) -> dict[str, float]:
-    """One pass over `loader`; `on_batch(step, n_images, loss, lr)` reports progress."""
+                    skip_batches: int = 0, on_batch=None,
+                    totals: dict[str, float] | None = None) -> dict[str, float]:
+    """One pass over `loader`; `on_batch(step, n_images, loss, lr)` reports progress.
+
+    `totals` (loss sum, correct, seen) is updated in place, so an interrupted epoch can be
+    checkpointed and its statistics completed after a resume.
+    """
     import torch
 
     model.train()
     criterion = torch.nn.CrossEntropyLoss()
-    total_loss, correct, seen = 0.0, 0, 0
+    totals = new_totals() if totals is None else totals
     for step, (x, y) in enumerate(loader):
         if step < skip_batches:  # resuming mid-epoch: the loader order is seeded per epoch
             continue
@@ -104,12 +113,13 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, rt: Runtime, *,
         if not torch.isfinite(loss):
             raise RtkError(f"The loss became {loss.item()} at step {step}.",
                            "Lower --lr, or train without AMP (--no-amp).")
-        total_loss += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
-        seen += len(y)
+        totals["loss_sum"] += loss.item() * len(y)
+        totals["correct"] += (logits.argmax(1) == y).sum().item()
+        totals["seen"] += len(y)
         if on_batch:
             on_batch(step + 1, len(y), loss.item(), scheduler.get_last_lr()[0])
-    return {"train_loss": total_loss / max(1, seen), "train_accuracy": correct / max(1, seen)}
+    seen = max(1, totals["seen"])
+    return {"train_loss": totals["loss_sum"] / seen, "train_accuracy": totals["correct"] / seen}
 
 
 def predict_logits(model, loader, rt: Runtime) -> tuple[np.ndarray, np.ndarray, float]:

@@ -53,11 +53,15 @@ def check_image(path: Path) -> tuple[str | None, tuple[int, int] | None, str | N
     """Fully decode one file: (problem, size, mode, format); problem is None when usable."""
     from PIL import Image
 
+    from .imageio import MAX_PIXELS
+
     if path.stat().st_size == 0:
         return "empty file (0 bytes)", None, None, None
     try:
         with Image.open(path) as img:
             size, mode, fmt = img.size, img.mode, img.format
+            if size[0] * size[1] > MAX_PIXELS:  # the same limit training and serving apply
+                return f"too large: {size[0]}x{size[1]} exceeds {MAX_PIXELS} pixels", None, None, None
             img.load()  # raises on truncated data
     except Image.DecompressionBombError as exc:
         return f"too large: {exc}", None, None, None

@@ -13,7 +13,7 @@ from .data import ImageDataset, check_usable, make_loader, stratified_split
 from .datareport import summarize
 from .errors import RtkError
 from .fileio import write_json
-from .loop import (Runtime, Throughput, init_distributed, pick_amp_dtype, pick_device,
+from .loop import (Runtime, Throughput, init_distributed, new_totals, pick_amp_dtype, pick_device,
                    predict_logits, train_one_epoch, warmup_cosine)
 from .metrics import classification, weakest
 from .scan import scan_folder
@@ -29,10 +29,12 @@ class TrainingSession:
         self.history: list[dict] = []
         self.best_accuracy, self.start_epoch, self.skip_batches = -1.0, 0, 0
         self.resume_state: dict[str, Any] | None = None
+        self.resumed_totals: dict[str, float] | None = None
+        self._totals = new_totals()
 
     # -- preparation --------------------------------------------------------
     @classmethod
-    def prepare(cls, cfg: TrainConfig, echo: Callable = print, progress=None) -> "TrainingSession":
+    def prepare(cls, cfg: TrainConfig, echo: Callable = print, progress: bool = True) -> "TrainingSession":
         import torch
 
         device = pick_device(cfg.device)
@@ -47,13 +49,13 @@ class TrainingSession:
             raise RtkError(f"{out} already holds a run.",
                            "Continue it with --resume, or choose another --out.")
         rt = Runtime(device, pick_amp_dtype(device, cfg.amp), rank, world)
-        self = cls(cfg, rt, echo if rank == 0 else (lambda *a, **k: None), progress is not False)
-        self.resume_state = resume_state
+        session = cls(cfg, rt, echo if rank == 0 else (lambda *a, **k: None), progress)
+        session.resume_state = resume_state
         torch.manual_seed(cfg.seed)
-        self._prepare_data()
-        self.cfg = resolve(cfg, len(self.train_samples) + len(self.val_samples), device)
-        self._prepare_model()
-        return self
+        session._prepare_data()
+        session.cfg = resolve(cfg, len(session.train_samples) + len(session.val_samples), device)
+        session._prepare_model()
+        return session
 
     def _prepare_data(self) -> None:
         cfg = self.cfg
@@ -123,6 +125,7 @@ class TrainingSession:
         self.scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"])
         self.start_epoch, self.skip_batches = state["epoch"], state["step"]
+        self.resumed_totals = state.get("totals") if self.skip_batches else None
         # an interrupt during an evaluation leaves its row behind; that evaluation runs again
         self.history = [h for h in state["history"] if h["epoch"] <= self.start_epoch]
         self.best_accuracy = state["best_accuracy"]
@@ -166,6 +169,7 @@ class TrainingSession:
             self.sampler.set_epoch(epoch)
         skip = self.skip_batches if epoch == self.start_epoch else 0
         self._steps_done = skip
+        self._totals = dict(self.resumed_totals) if skip and self.resumed_totals else new_totals()
         meter = Throughput()
         start = time.perf_counter()
         with ui.epoch_bar(len(self.train_loader), f"epoch {epoch + 1}/{cfg.epochs}",
@@ -176,7 +180,7 @@ class TrainingSession:
 
             stats = train_one_epoch(self.train_model, self.train_loader, self.optimizer,
                                     self.scheduler, self.scaler, rt, skip_batches=skip,
-                                    on_batch=on_batch)
+                                    on_batch=on_batch, totals=self._totals)
         stats["seconds"] = time.perf_counter() - start
         stats["images_per_second"] = meter.images / max(1e-9, stats["seconds"])
         stats["lr"] = self.scheduler.get_last_lr()[0]
@@ -214,6 +218,7 @@ class TrainingSession:
             "state_dict": checkpoint.cpu_state(self.model),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": epoch, "step": step,
+            "totals": self._totals if step else new_totals(),
             "rng": checkpoint.rng_state(), "history": self.history,
             "best_accuracy": self.best_accuracy, "config": asdict(self.cfg)})
 

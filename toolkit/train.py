@@ -1,17 +1,14 @@
-"""`rtk finetune`: configuration, the epoch loop and the bundle it writes."""
+"""`rtk finetune`: the configuration, its resolution against the card, and the bundle files."""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from . import card
-from .bundle import Bundle, provenance
-from .errors import RtkError
+from .bundle import Bundle
 from .fileio import write_json, write_text
 
 
@@ -70,7 +67,7 @@ def history_csv(history: list[dict]) -> str:
     return buf.getvalue()
 
 
-def fit(cfg: TrainConfig, progress: Callable | None = None, echo: Callable = print) -> Bundle:
+def fit(cfg: TrainConfig, progress: bool = True, echo: Callable = print) -> Bundle:
     """Fine-tune a classifier on `cfg.data_dir` and write the bundle to `cfg.out`."""
     from .session import TrainingSession
 
@@ -91,15 +88,3 @@ def write_bundle_files(bundle: Bundle, history: list[dict], evaluation: dict[str
         write_json(report / "validation.json", evaluation)
 
 
-def load_split(bundle_root: Path) -> dict[str, Any]:
-    path = bundle_root / "split.json"
-    if not path.is_file():
-        raise RtkError(f"{bundle_root} has no split.json.", "Re-run `rtk finetune`.")
-    return json.loads(path.read_text())
-
-
-def config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return asdict(cfg)
-
-
-__all__ = ["TrainConfig", "fit", "resolve", "load_split", "provenance"]

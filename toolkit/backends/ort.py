@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from ..errors import require
+from ..machine import usable_cores
 from .base import Backend
 
 
@@ -15,8 +16,7 @@ def session_options(threads: int | None = None):
     ort = require("onnxruntime", "onnx")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    opts.intra_op_num_threads = threads or cores or 1
+    opts.intra_op_num_threads = threads or usable_cores()
     opts.inter_op_num_threads = 1
     return opts
 

@@ -46,6 +46,7 @@ class TensorRTEngine(Backend):
                            "Engines are tied to the TensorRT version and GPU that built them; "
                            f"re-export on this host: rtk export {bundle.root} --fp16")
         self.context = self.engine.create_execution_context()
+        self.max_batch = bundle.manifest["artifacts"][self.artifact]["profile"]["max"]
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input = next(n for n in names
                           if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
@@ -55,9 +56,18 @@ class TensorRTEngine(Backend):
             np.zeros(0, trt.nptype(self.engine.get_tensor_dtype(self.output)))).dtype
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Logits, in chunks no larger than the engine profile's max batch."""
+        step = self.max_batch
+        return np.concatenate([self._run(x[i:i + step]) for i in range(0, len(x), step)])
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
         torch = self.torch
         inp = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to("cuda")
-        self.context.set_input_shape(self.input, tuple(inp.shape))
+        if not self.context.set_input_shape(self.input, tuple(inp.shape)):
+            from ..errors import RtkError
+
+            raise RtkError(f"The engine refused input shape {tuple(inp.shape)}.",
+                           f"Its profile allows batches 1 to {self.max_batch}.")
         out = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=self.out_dtype,
                           device="cuda")
         self.context.set_tensor_address(self.input, inp.data_ptr())

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import platform
 import subprocess
 import time
+
+from ..machine import usable_cores
 
 
 def cpu_model() -> str:
@@ -48,7 +49,7 @@ def environment() -> dict:
     """Everything needed to judge and reproduce a benchmark run."""
     from ..bundle import _git_commit
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     libs = ["torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt",
             "tritonclient", "numpy", "rtk"]
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": cpu_model(), "cpu_cores": cores,

@@ -29,33 +29,55 @@ def _open(bundle, protocol: str, url: str):
 
 def load(bundle, protocol: str, url: str, payloads: list[bytes], concurrency: int,
          seconds: float) -> dict[str, Any]:
-    """`concurrency` clients each sending one image at a time for `seconds`."""
+    """`concurrency` clients each sending one image at a time for `seconds`.
+
+    Each client connects in its own thread (tritonclient.http runs on gevent, whose hub
+    belongs to the thread that made it), then all start together, so set-up is not timed.
+    A request that fails for any reason is counted, never fatal.
+    """
+    clients: list = [None] * concurrency
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     failures = [0] * concurrency
-    stop = time.perf_counter() + seconds
+    errors: list[str] = []
+    gate = threading.Barrier(concurrency + 1)
+    stop = [0.0]
 
     def worker(i: int) -> None:
-        with _open(bundle, protocol, url) as client:
-            k = i
-            while time.perf_counter() < stop:
-                t0 = time.perf_counter()
-                try:
-                    client([payloads[k % len(payloads)]])
-                    latencies[i].append(time.perf_counter() - t0)
-                except Exception:  # noqa: BLE001 - counted, reported, never fatal
-                    failures[i] += 1
-                k += concurrency
+        try:
+            clients[i] = _open(bundle, protocol, url)
+        except Exception as exc:  # noqa: BLE001 - a client that cannot connect is a failure
+            failures[i] += 1
+            errors.append(getattr(exc, "message", str(exc)))
+        finally:
+            gate.wait()  # never leave the others waiting, even if this client failed
+        if clients[i] is None:
+            return
+        k = i
+        while time.perf_counter() < stop[0]:
+            t0 = time.perf_counter()
+            try:
+                clients[i]([payloads[k % len(payloads)]])
+                latencies[i].append(time.perf_counter() - t0)
+            except Exception as exc:  # noqa: BLE001
+                failures[i] += 1
+                errors.append(getattr(exc, "message", str(exc)))
+            k += concurrency
 
-    start = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
     for t in threads:
         t.start()
+    start = time.perf_counter()
+    stop[0] = start + seconds
+    gate.wait()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    for client in clients:
+        if client is not None:
+            client.close()
     lat = np.concatenate([np.asarray(x) for x in latencies]) * 1000
     return {"requests": int(lat.size), "failed": sum(failures), "seconds": wall,
-            "throughput": lat.size / wall, "lat_ms": lat}
+            "throughput": lat.size / wall, "lat_ms": lat, "first_error": errors[0] if errors else None}
 
 
 def server_stats(client, protocol: str) -> dict[str, dict[str, float]]:
@@ -91,12 +113,30 @@ def server_rss_mb() -> float | None:
     return sum(sizes) if sizes else None
 
 
+def _sweep_point(bundle, client, protocol: str, url: str, payloads: list[bytes], concurrency: int,
+                 seconds: float, agreement: float) -> dict[str, Any]:
+    """One row of the sweep: client latency and throughput next to Triton's own timings."""
+    from . import row
+
+    before = server_stats(client.client, protocol)
+    res = load(bundle, protocol, url, payloads, concurrency, seconds)
+    side = _server_side(before, server_stats(client.client, protocol))
+    lat, first_error = res.pop("lat_ms"), res.pop("first_error")
+    if lat.size == 0:
+        return row("triton", "server", 1, f"all {res['failed']} requests failed: {first_error}"[:300],
+                   protocol=protocol, concurrency=concurrency)
+    status = "ok" if not res["failed"] else f"{res['failed']} failed requests, e.g. {first_error}"
+    return row("triton", "server", 1, status[:300], protocol=protocol, concurrency=concurrency,
+               throughput=res["throughput"], agreement=agreement, requests=res["requests"],
+               p50_ms=float(np.percentile(lat, 50)), p90_ms=float(np.percentile(lat, 90)),
+               p99_ms=float(np.percentile(lat, 99)), server=side)
+
+
 def bench_triton(bundle, opts, images, reference, echo: Callable = print) -> dict[str, Any]:
     """Parity through the server, then the sweep per protocol, then the optional soak."""
-    from ..evaluate import validation_samples
-    from .__init__ import PARITY_AGREEMENT, PARITY_IMAGES, row
+    from . import PARITY_IMAGES, parity_floor, row, sample_paths
 
-    paths = [p for p, _ in validation_samples(bundle)][:PARITY_IMAGES]
+    paths = sample_paths(bundle, PARITY_IMAGES)
     payloads = [p.read_bytes() for p in paths]
     rows, per_protocol = [], {}
     endpoints = urls(opts.triton_url, opts.triton_grpc_url)
@@ -106,25 +146,18 @@ def bench_triton(bundle, opts, images, reference, echo: Callable = print) -> dic
             with _open(bundle, protocol, url) as client:
                 logits = client(payloads)
                 agreement = float((logits.argmax(1) == reference.argmax(1)).mean())
-                if agreement < PARITY_AGREEMENT:
+                if agreement < parity_floor("triton"):
                     rows.append(row("triton", "server", 1, f"parity failed: agreement {agreement:.1%}",
                                     protocol=protocol, concurrency=None))
                     continue
                 sweep = []
                 for c in opts.triton_concurrency:
                     echo(f"  triton {protocol:<4} concurrency {c}")
-                    before = server_stats(client.client, protocol)
-                    res = load(bundle, protocol, url, payloads, c, opts.timing.duration)
-                    side = _server_side(before, server_stats(client.client, protocol))
-                    lat = res.pop("lat_ms")
-                    r = row("triton", "server", 1, "ok" if not res["failed"] else
-                            f"{res['failed']} failed requests", protocol=protocol, concurrency=c,
-                            throughput=res["throughput"], agreement=agreement,
-                            p50_ms=float(np.percentile(lat, 50)), p90_ms=float(np.percentile(lat, 90)),
-                            p99_ms=float(np.percentile(lat, 99)), requests=res["requests"],
-                            server=side)
+                    r = _sweep_point(bundle, client, protocol, url, payloads, c,
+                                     opts.timing.duration, agreement)
                     rows.append(r)
-                    sweep.append(r)
+                    if r["throughput"] is not None:
+                        sweep.append(r)
                 per_protocol[protocol] = sweep
         except Exception as exc:  # an unreachable server is a row, not a crash
             rows.append(row("triton", "server", None, f"error: {getattr(exc, 'message', exc)}",
@@ -137,5 +170,6 @@ def bench_triton(bundle, opts, images, reference, echo: Callable = print) -> dic
         res = load(bundle, protocol, endpoints[protocol], payloads, c, opts.soak_seconds)
         soak = {"protocol": protocol, "concurrency": c, "seconds": res["seconds"],
                 "requests": res["requests"], "failed": res["failed"],
+                "first_error": res["first_error"],
                 "server_rss_start_mb": start_rss, "server_rss_end_mb": server_rss_mb()}
     return {"rows": rows, "soak": soak}

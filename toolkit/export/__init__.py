@@ -16,6 +16,9 @@ from ..errors import GateFailed, RtkError
 from .gate import Tolerances, judge, measure
 
 
+PENDING = {"trusted": False, "gate": "pending"}  # until _gate_all has judged the artifact
+
+
 @dataclass
 class ExportOptions:
     fp16: bool = False
@@ -44,9 +47,7 @@ def tensorrt_ready() -> str | None:
 def calibration_batches(bundle: Bundle, size: int, batch: int = 16, seed: int = 0):
     """A class-stratified sample of the training split, with the eval transform."""
     from ..evaluate import batches
-    from ..train import load_split
-
-    split = load_split(bundle.root)
+    split = bundle.split()
     by_class: dict[int, list] = defaultdict(list)
     for rel, label in split["train"]:
         by_class[label].append(rel)
@@ -77,12 +78,12 @@ def export(bundle: Bundle, opts: ExportOptions, echo: Callable = print,
     made: list[tuple[str, str, str]] = []  # (artifact, backend, precision)
     echo(f"Exporting {bundle.manifest['arch']} to ONNX (opset {opts.opset}, dynamic batch)...")
     export_onnx(bundle, opts.opset, opts.max_batch)
-    bundle.record_artifact("model.onnx", parent="model.pt", io=io_spec(bundle.path("model.onnx")),
+    bundle.record_artifact("model.onnx", parent="model.pt", **PENDING, io=io_spec(bundle.path("model.onnx")),
                            precision="fp32", max_batch=opts.max_batch)
     made.append(("model.onnx", "onnxruntime", "fp32"))
     if opts.fp16:
         tool = to_fp16(bundle.path("model.onnx"), bundle.path("model.fp16.onnx"))
-        bundle.record_artifact("model.fp16.onnx", parent="model.onnx", precision="fp16", tool=tool,
+        bundle.record_artifact("model.fp16.onnx", parent="model.onnx", **PENDING, precision="fp16", tool=tool,
                                io=io_spec(bundle.path("model.fp16.onnx")))
         made.append(("model.fp16.onnx", "onnxruntime-fp16", "fp16"))
     if opts.int8:
@@ -90,7 +91,7 @@ def export(bundle: Bundle, opts: ExportOptions, echo: Callable = print,
         calib, n = calibration_batches(bundle, opts.calib_size)
         info = to_int8(bundle.path("model.onnx"), bundle.path("model.int8.onnx"), calib,
                        bundle.manifest["input"]["name"], opts.int8_scheme)
-        bundle.record_artifact("model.int8.onnx", parent="model.onnx", precision="int8",
+        bundle.record_artifact("model.int8.onnx", parent="model.onnx", **PENDING, precision="int8",
                                calibration_images=n, **info)
         made.append(("model.int8.onnx", "onnxruntime-int8", "int8"))
     if opts.fp16 and opts.format in ("tensorrt", "all"):
@@ -110,7 +111,7 @@ def _build_plan(bundle: Bundle, opts: ExportOptions) -> None:
     info = build_engine(bundle.path("model.fp16.onnx"), bundle.path("model.fp16.plan"),
                         bundle.manifest["input"]["name"], (3, crop, crop), opts.max_batch,
                         cache_path=bundle.path("tensorrt.timing.cache"))
-    bundle.record_artifact("model.fp16.plan", parent="model.fp16.onnx", precision="fp16", **info)
+    bundle.record_artifact("model.fp16.plan", parent="model.fp16.onnx", **PENDING, precision="fp16", **info)
 
 
 def _gate_all(bundle: Bundle, made, opts: ExportOptions, echo, progress) -> list[dict]:
@@ -129,7 +130,8 @@ def _gate_all(bundle: Bundle, made, opts: ExportOptions, echo, progress) -> list
                     precision, opts.tolerances)
         row["artifact"] = artifact
         bundle.manifest["artifacts"][artifact].update(
-            trusted=row["passed"], parity={k: v for k, v in row.items() if k != "artifact"})
+            trusted=row["passed"], gate="passed" if row["passed"] else "failed",
+            parity={k: v for k, v in row.items() if k != "artifact"})
         rows.append(row)
     bundle.manifest["export"] = {"parity": rows, "data": opts.data_dir or "validation split"}
     bundle.save()

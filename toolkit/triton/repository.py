@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from ..bundle import Bundle
 from ..errors import RtkError
+from ..fileio import umask
 from . import configs
 from .configs import Serving, Tensor
 
@@ -136,6 +137,7 @@ def write_repository(bundle: Bundle, opts: RepoOptions, echo: Callable = print) 
         raise RtkError(f"{repo} exists and is not a folder.", "Pass another --repo.")
     repo.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}.rtk-", dir=repo.parent))
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; a served repository must be readable
     try:
         for role, config in made.items():
             _write_model(tmp / config.name, role, config, bundle, facts["artifact"])
@@ -209,7 +211,12 @@ def _swap(tmp: Path, repo: Path, names: list[str]) -> None:
         for name in names:
             if (repo / name).exists():
                 os.replace(repo / name, trash / name)
-            os.replace(tmp / name, repo / name)
+            try:
+                os.replace(tmp / name, repo / name)
+            except OSError:
+                if (trash / name).exists():  # put the old model back before giving up
+                    os.replace(trash / name, repo / name)
+                raise
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(trash)

@@ -61,7 +61,11 @@ class TritonServer:
         verify_repository(self.repo)
         self._check_ports()
         self._workdir = Path(tempfile.mkdtemp(prefix="rtk-triton-"))
-        install = find_tritonserver(self._workdir)
+        try:
+            install = find_tritonserver(self._workdir)
+        except BaseException:
+            self.stop()  # removes the work folder
+            raise
         self.source = install.source
         cmd = [str(install.binary), f"--model-repository={self.repo}",
                *[f"--{k}-port={v}" for k, v in self.ports.items()],
@@ -72,7 +76,7 @@ class TritonServer:
         self.proc = subprocess.Popen(cmd, env=install.env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                                      errors="replace", start_new_session=True,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=_die_with_parent(ctypes.util.find_library("c")))
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         try:
@@ -133,7 +137,8 @@ class TritonServer:
     def reason(self) -> str:
         """Triton's own words for the failure, from its log: model status rows first."""
         rows, errors = [], []
-        for line in self.lines:
+        lines = list(self.lines)  # a snapshot: the reader thread keeps appending
+        for line in lines:
             if line.startswith("|") and "UNAVAILABLE" in line:
                 name, version, status = [p.strip() for p in line.strip().strip("|").split("|")][:3]
                 rows.append(f"model {name} (version {version}) is {status}")
@@ -141,7 +146,7 @@ class TritonServer:
             text = GLOG_PREFIX.sub("", line).strip().strip('"')
             if any(m in text for m in FAILURE_MARKS):
                 errors.append(text)
-        found = rows or errors or [GLOG_PREFIX.sub("", s) for s in self.lines if s.startswith("E")]
+        found = rows or errors or [GLOG_PREFIX.sub("", s) for s in lines if s.startswith("E")]
         found = list(dict.fromkeys(f.split("\\n")[0].strip() for f in found))
         return "; ".join(found[-3:]) or "no error in its log"
 
@@ -156,7 +161,7 @@ class TritonServer:
             try:
                 self.proc.wait(timeout=self.exit_timeout + 15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the Python backend stubs too
                 self.proc.wait()
         if self._reader is not None:
             self._reader.join(timeout=5)
@@ -179,10 +184,16 @@ def _hint(reason: str, source: str) -> str:
     return "Fix the model or port named above; the full log is Triton's output (without --quiet)."
 
 
-def _die_with_parent() -> None:
-    """Runs in the child: SIGTERM Triton if rtk dies, so no orphan server keeps the ports."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _die_with_parent(libc_name: str | None):
+    """A preexec_fn: SIGTERM Triton if rtk dies, so no orphan server keeps the ports.
+
+    libc is found in the parent: find_library runs ldconfig, unsafe between fork and exec.
+    """
+    def arm() -> None:
+        if libc_name:
+            ctypes.CDLL(libc_name, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return arm
 
 
 def free_port(address: str = "127.0.0.1") -> int:
