@@ -127,3 +127,52 @@ def test_importing_the_cli_loads_no_heavy_library():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""
+
+
+# Layers, bottom to top; a module may import its own layer and those below, never above.
+# (The Triton Python-backend model templates are copied into repositories and import nothing
+# of rtk; the CLI sits on top of everything.)
+LAYERS = [
+    {"errors", "fileio", "machine", "imageio", "card", "metrics", "__init__"},
+    {"bundle", "scan", "preprocess", "sample", "ui", "report"},
+    {"data", "datareport", "model", "checkpoint", "loop"},
+    {"train", "session"},
+    {"backends"},
+    {"evaluate"},
+    {"export"},
+    {"triton"},
+    {"bench"},
+    {"cli", "cli_train", "cli_use", "cli_export", "cli_triton", "cli_bench", "__main__"},
+]
+
+
+def _layer_of(module: str) -> int:
+    top = module.split(".")[0]
+    if not (PACKAGE / f"{top}.py").exists() and not (PACKAGE / top).is_dir():
+        top = "__init__"  # `from . import __version__`: an attribute of the package itself
+    return next(i for i, names in enumerate(LAYERS) if top in names)
+
+
+def _toolkit_imports(path: Path) -> set[str]:
+    """rtk modules a file imports (relative or absolute), as names under toolkit."""
+    pkg = path.relative_to(PACKAGE).parent.parts
+    found = set()
+    for node in ast.walk(_tree(path)):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = list(pkg[: len(pkg) - (node.level - 1)])
+            if node.module:
+                found.add(".".join([*base, *node.module.split(".")]))
+            else:
+                found.update(".".join([*base, a.name]) for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("toolkit."):
+            found.add(node.module.removeprefix("toolkit."))
+    return {f for f in found if f}
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=_rel)
+def test_no_module_imports_a_layer_above_its_own(path):
+    module = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+    if path.parent.name == "triton" and path.name.endswith("_model.py"):
+        pytest.skip("a Triton model template, copied out of the package")
+    upward = sorted(m for m in _toolkit_imports(path) if _layer_of(m) > _layer_of(module))
+    assert not upward, f"{module} imports from a higher layer: {upward}"
