@@ -19,12 +19,13 @@ rtk triton "$WORK/resnet50" --repo "$WORK/repo" --platform python --max-batch 16
 rtk serve "$WORK/repo" --http-port "$PORT" --grpc-port $((PORT + 1)) --metrics-port $((PORT + 2)) \
     --quiet > "$WORK/triton.log" 2>&1 &
 SERVER=$!
-trap 'kill -INT $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
-until curl -sf "127.0.0.1:$PORT/v2/health/ready" >/dev/null; do
+trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true; rm -rf "$WORK"' EXIT
+ready() { python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$PORT/v2/health/ready', timeout=2)" 2>/dev/null; }
+until ready; do
     kill -0 $SERVER 2>/dev/null || { cat "$WORK/triton.log"; exit 1; }; sleep 1
 done
 rtk bench "$WORK/resnet50" --batch-sizes 1,16 --duration 8 --triton-url "127.0.0.1:$PORT" \
     --concurrency 1,4,8 --soak 30 --out "$OUT"
-kill -INT $SERVER; wait $SERVER || true; trap - EXIT
+kill -TERM $SERVER; wait $SERVER || true; trap 'rm -rf "$WORK"' EXIT
 python benchmarks/train_throughput.py --arch resnet50 --image-size 224 --batch-size 16 \
     --steps 8 --warmup-steps 2 --data "$WORK/data" --out "$OUT"

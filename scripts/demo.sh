@@ -37,10 +37,12 @@ rtk triton "$RUN" --repo "$DEMO/model_repository" --platform python
 rtk serve "$DEMO/model_repository" --http-port "$PORT" --grpc-port $((PORT + 1)) \
     --metrics-port $((PORT + 2)) --quiet > "$DEMO/triton.log" 2>&1 &
 SERVER=$!
-trap 'kill -INT $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 1 180); do
-    curl -sf "127.0.0.1:$PORT/v2/health/ready" >/dev/null && break
+trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+ready() { python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$PORT/v2/health/ready', timeout=2)" 2>/dev/null; }
+for i in $(seq 1 180); do
+    ready && break
     kill -0 $SERVER 2>/dev/null || { cat "$DEMO/triton.log"; exit 1; }
+    [ "$i" = 180 ] && { echo "Triton was not ready after 180 s"; cat "$DEMO/triton.log"; exit 1; }
     sleep 1
 done
 

@@ -39,7 +39,11 @@ class TritonClient(Backend):
         self.protocol, self.url = protocol, url.split("://", 1)[-1].rstrip("/")
         self.lib = require(f"tritonclient.{protocol}", "triton")
         self.client = self._connect(timeout)
-        self.model, self.config = self._find_model(model)
+        try:
+            self.model, self.config = self._find_model(model)
+        except BaseException:
+            self.close()  # no connection left open behind an error
+            raise
         self.input = self.config["input"][0]["name"]
         self.output = self.config["output"][0]["name"]
         self.max_batch = int(self.config.get("max_batch_size") or 1)
