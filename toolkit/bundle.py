@@ -107,9 +107,9 @@ class Bundle:
         entry = self.manifest["artifacts"].get(name)
         path = self.root / name
         if entry is None or not path.is_file():
-            raise RtkError(f"{self.root} has no {name}.", _make_hint(name))
+            raise RtkError(f"{self.root} has no {name}.", make_hint(name, self.root))
         if _file_hash(path) != entry["sha256"]:
-            raise RtkError(f"{name} was changed after rtk recorded it.", _make_hint(name))
+            raise RtkError(f"{name} was changed after rtk recorded it.", make_hint(name, self.root))
         parent = entry.get("parent")
         if parent is not None:
             self._verify(parent)
@@ -130,11 +130,12 @@ def _file_hash(path: Path) -> str:
     return _HASHES[key]
 
 
-def _make_hint(name: str) -> str:
+def make_hint(name: str, root: Path | str = "RUN_DIR") -> str:
+    """The command that (re)creates an artifact."""
     if name.endswith((".onnx", ".plan")):
         flag = {".fp16.onnx": " --fp16", ".int8.onnx": " --int8", ".plan": " --fp16"}
         extra = next((v for k, v in flag.items() if name.endswith(k)), "")
-        return f"Create it with: rtk export RUN_DIR{extra}"
+        return f"Create it with: rtk export {root}{extra}"
     return "Re-run `rtk finetune` to create it."
 
 

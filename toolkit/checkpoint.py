@@ -28,13 +28,13 @@ def save(path: str | Path, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
-def load(path: str | Path) -> dict[str, Any]:
+def load(path: str | Path, missing_hint: str = "Start a new run without --resume.") -> Any:
     """Load an untrusted checkpoint; anything beyond tensors and plain containers is refused."""
     import torch
 
     path = Path(path)
     if not path.is_file():
-        raise RtkError(f"No checkpoint at {path}.", "Start a new run without --resume.")
+        raise RtkError(f"No checkpoint at {path}.", missing_hint)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -44,7 +44,7 @@ def load(path: str | Path) -> dict[str, Any]:
                        "with rtk or torch.save(state_dict).") from exc
     except (RuntimeError, OSError, EOFError) as exc:
         raise RtkError(f"{path} is not a readable checkpoint: {str(exc).splitlines()[0]}",
-                       "The file may be truncated; start again without --resume.") from exc
+                       "The file may be truncated or not written by torch.save.") from exc
 
 
 def rng_state() -> dict[str, Any]:

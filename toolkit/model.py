@@ -54,19 +54,10 @@ def preprocessing_for(arch: str, weights: str, image_size: int | None) -> dict[s
 
 
 def _load_state_dict(path: Path) -> dict:
-    import pickle
+    """A state_dict from a weights file or an rtk checkpoint, loaded as untrusted input."""
+    from .checkpoint import load
 
-    import torch
-
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise RtkError(f"{path} was refused: it is not a plain weights file ({exc}).".split("\n")[0],
-                       "Only tensors and plain containers are loaded (weights_only=True); "
-                       "re-save the file with torch.save(model.state_dict(), path).") from exc
-    except (RuntimeError, OSError, EOFError) as exc:
-        raise RtkError(f"{path} could not be read as a PyTorch file: {exc}".split("\n")[0],
-                       "Check that the file is complete and was written by torch.save.") from exc
+    obj = load(path, missing_hint="Use imagenet, none, or a path to a state_dict file.")
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, dict):

@@ -50,8 +50,9 @@ class OrtFP32(Backend):
         if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             return "onnxruntime has no CUDA provider here: pip install 'rtk[gpu]' on a GPU host"
         if cls.artifact not in bundle.manifest.get("artifacts", {}):
-            flag = {"model.onnx": "", "model.fp16.onnx": " --fp16", "model.int8.onnx": " --int8"}
-            return f"no {cls.artifact} in the run: rtk export {bundle.root}{flag[cls.artifact]}"
+            from ..bundle import make_hint
+
+            return f"no {cls.artifact} in the run: {make_hint(cls.artifact, bundle.root)}"
         return super().availability(bundle, device)
 
     def __init__(self, bundle, device="cpu", trusted_only: bool = True, threads: int | None = None,
