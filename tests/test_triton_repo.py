@@ -227,3 +227,26 @@ def test_cli_triton(bundle, tmp_path, cli):
     assert summary["max_batch"] == 8 and summary["names"]["ensemble"] == "pets"
     bad = cli("triton", bundle.root, "--repo", tmp_path / "repo2", "--name", "../x")
     assert bad.exit_code != 0 and "Error: Invalid model name" in bad.output and "Hint:" in bad.output
+
+
+def test_committed_model_repository_parses_and_holds_no_weights():
+    """The top-level model_repository/ (configs and labels of the sample model) stays valid."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    repo = Path(__file__).resolve().parents[1] / "model_repository"
+    configs = sorted(repo.glob("*/config.pbtxt"))
+    assert len(configs) == 4
+    roles = set()
+    for path in configs:
+        config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        assert config.name == path.parent.name
+        roles.add(config.parameters["rtk.role"].string_value)
+    assert roles == {"ensemble", "preprocess", "classifier", "postprocess"}
+    labels = (repo / "digits_classifier" / "labels.txt").read_text().split()
+    assert labels == [str(d) for d in range(10)]
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files", str(repo)], capture_output=True, text=True,
+                             cwd=repo.parent).stdout.split()
+    assert tracked and not [t for t in tracked if t.endswith((".onnx", ".plan", ".pt"))]
