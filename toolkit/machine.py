@@ -10,3 +10,16 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def tensorrt_ready() -> str | None:
+    """None when TensorRT engines can be built and run here, else why not."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return "the tensorrt package is not installed"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible"
+    return None

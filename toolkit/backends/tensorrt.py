@@ -19,14 +19,11 @@ class TensorRTEngine(Backend):
 
     @classmethod
     def availability(cls, bundle, device):
-        import importlib.util
+        from ..machine import tensorrt_ready
 
-        import torch
-
-        if importlib.util.find_spec("tensorrt") is None:
-            return "tensorrt is not installed: pip install 'rtk[gpu]' on a GPU host"
-        if not torch.cuda.is_available():
-            return "no CUDA GPU visible: TensorRT engines run on NVIDIA GPUs only"
+        reason = tensorrt_ready()
+        if reason:
+            return f"{reason}: TensorRT needs an NVIDIA GPU and pip install 'rtk[gpu]'"
         if cls.artifact not in bundle.manifest.get("artifacts", {}):
             return f"no {cls.artifact}: rtk export {bundle.root} --fp16 on a GPU host"
         return super().availability(bundle, device)

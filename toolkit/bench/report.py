@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_path, write_json, write_text
+from ..fileio import write_json, write_text
 
 BASELINE = ("torch", "cpu")
 
@@ -129,5 +129,3 @@ def write(result: dict[str, Any], out: str | Path) -> list[Path]:
         paths.append(out / "triton.png")
     return paths
 
-
-__all__ = ["atomic_path", "headlines", "markdown", "write"]

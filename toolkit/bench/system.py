@@ -73,8 +73,3 @@ def _status_mb(pid: int | str, field: str) -> float | None:
 def rss_mb(pid: int | str = "self") -> float | None:
     """Resident memory of a process in MiB."""
     return _status_mb(pid, "VmRSS")
-
-
-def peak_rss_mb() -> float | None:
-    """Peak resident memory of this process in MiB."""
-    return _status_mb("self", "VmHWM")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..errors import GateFailed, RtkError
+from ..machine import tensorrt_ready
 from .gate import Tolerances, judge, measure
 
 
@@ -31,17 +31,6 @@ class ExportOptions:
     data_dir: str | None = None
     device: str = "cpu"  # where the ONNX artifacts are checked
     tolerances: Tolerances = field(default_factory=Tolerances)
-
-
-def tensorrt_ready() -> str | None:
-    """None when an engine can be built here, else why not."""
-    import torch
-
-    if importlib.util.find_spec("tensorrt") is None:
-        return "the tensorrt package is not installed"
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is visible"
-    return None
 
 
 def calibration_batches(bundle: Bundle, size: int, batch: int = 16, seed: int = 0):
