@@ -1,11 +1,17 @@
-"""Training throughput: rtk's training step against a plain torchvision eager-FP32 loop.
+"""Training throughput, in stages (one process each in benchmarks/gpu_run.sh):
 
-Both run on the same images, model, batch size and machine, in one process, one after
-the other. rtk's step is toolkit.loop.train_one_epoch with the runtime `rtk finetune`
-picks (bf16/fp16 autocast, channels_last; torch.compile on CUDA). Writes a JSON and a
-Markdown line under --out.
+- step (default): rtk's training step against a plain torchvision eager-FP32 loop, on the
+  same decoded batches, model, batch size and machine, one after the other. rtk's step is
+  toolkit.loop.train_one_epoch with the runtime `rtk finetune` picks (bf16/fp16 autocast,
+  channels_last; torch.compile and fused AdamW on CUDA). Writes a JSON and a Markdown line
+  under --out, or the JSON alone to --json.
+- pipeline: the input pipeline alone, no model: PIL decode + augmentation in DataLoader
+  workers ("cpu"), and byte-reading workers + nvJPEG + batched augmentation ("gpu", CUDA only).
+- finetune: `rtk finetune` end to end (toolkit.train.fit) for --epochs; images/s per epoch
+  and the mean over the epochs after the first (which holds torch.compile's warm-up).
 
     python benchmarks/train_throughput.py --arch resnet50 --image-size 224 --batch-size 16
+    python benchmarks/train_throughput.py --stage pipeline --make-jpegs 4000 --data /tmp/j
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ import torch
 import torchvision
 
 from toolkit.bench.system import environment
-from toolkit.data import ImageDataset
-from toolkit.loop import Runtime, pick_amp_dtype, train_one_epoch, warmup_cosine
+from toolkit.data import ImageDataset, make_loader
+from toolkit.loop import Runtime, make_optimizer, pick_amp_dtype, train_one_epoch, warmup_cosine
 from toolkit.preprocess import recipe, train_transform
 from toolkit.sample import write_digits
 from toolkit.scan import scan_folder
@@ -49,7 +55,7 @@ def rtk_loop(model, batches, device, compile_):
     model = model.to(memory_format=torch.channels_last)
     if compile_:
         model = torch.compile(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
+    opt = make_optimizer(model.parameters(), 5e-5, 0.05, device)  # fused on CUDA, as rtk
     sched = warmup_cosine(opt, len(batches), 1)
     scaler = torch.amp.GradScaler(device, enabled=rt.amp_dtype == torch.float16)
     train_one_epoch(model, batches, opt, sched, scaler, rt)
@@ -66,19 +72,8 @@ def timed(fn, n_images, device):
     return n_images / (time.perf_counter() - t)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", default="resnet50")
-    ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--warmup-steps", type=int, default=3)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--data", default="/tmp/rtk-bench-digits")
-    ap.add_argument("--out", default="benchmarks/cpu")
-    args = ap.parse_args()
-
-    torch.manual_seed(0)
+def step_stage(args) -> dict:
+    """rtk's step against the plain eager-FP32 loop, on batches decoded once beforehand."""
     if not Path(args.data).is_dir():
         write_digits(args.data, size=32)
     samples = scan_folder(args.data).samples
@@ -103,19 +98,177 @@ def main() -> None:
         rt = rtk_loop(model, timed_batches, args.device, compile_)
 
     fast = timed(run, n, args.device)
-    result = {"arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size,
-              "steps": args.steps, "device": args.device,
-              "plain_eager_fp32_images_per_s": plain, "rtk_images_per_s": fast,
-              "speedup": fast / plain, "rtk_amp_dtype": str(rt.amp_dtype), "compile": compile_,
-              "environment": environment()}
-    out = Path(args.out)
+    return {"plain_eager_fp32_images_per_s": plain, "rtk_images_per_s": fast,
+            "train_step_images_per_s": fast, "speedup": fast / plain,
+            "rtk_amp_dtype": str(rt.amp_dtype), "compile": compile_}
+
+
+def _rate(batches, n_batches: int, device: str) -> float:
+    """Images/s over `n_batches` after a first one (worker start-up is not the pipeline)."""
+    it = iter(batches)
+    next(it)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t, images = time.perf_counter(), 0
+    for _, (x, y) in zip(range(n_batches), it):
+        x = x.to(device, non_blocking=True)
+        images += len(y)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return images / (time.perf_counter() - t)
+
+
+def pipeline_stage(args) -> dict:
+    """Decode + augmentation alone, workers sized as rtk sizes them, batch --batch-size."""
+    from toolkit.batch_transforms import TrainBatch
+    from toolkit.data import loader_settings
+    from toolkit.gpu_input import ByteDataset, DeviceLoader, collate
+
+    samples = scan_folder(args.data).samples
+    pre = recipe(image_size=args.image_size)
+    common = {"shuffle": True, "device": args.device, "seed": 0, "drop_last": True}
+    cpu_ds = ImageDataset(samples, train_transform(pre, args.augment))
+    cpu = _rate(make_loader(cpu_ds, args.batch_size, **common), args.steps, args.device)
+    result = {"data_pipeline_images_per_s": {"cpu": cpu, "gpu": None}, "augment": args.augment,
+              "workers": loader_settings(args.device)["num_workers"]}
+    if args.device != "cuda":
+        result["gpu_note"] = "no CUDA device: nvJPEG not measured"
+        return result
+    byte_loader = make_loader(ByteDataset(samples), args.batch_size, collate_fn=collate,
+                              random_workers=False, **common)
+    gpu = DeviceLoader(byte_loader, TrainBatch(pre, args.augment), args.device)
+    result["data_pipeline_images_per_s"]["gpu"] = _rate(gpu.batches(), args.steps, args.device)
+    return result
+
+
+def finetune_stage(args) -> dict:
+    """`rtk finetune` (the library call the CLI makes) on --data for --epochs."""
+    import csv
+    import tempfile
+
+    from toolkit.train import TrainConfig, fit
+
+    out = Path(args.bundle or Path(tempfile.mkdtemp(prefix="rtk-e2e-")) / "run")
+    cfg = TrainConfig(data_dir=args.data, out=str(out), arch=args.arch, weights="none",
+                      image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
+                      lr=2e-4, device=args.device, decode=args.decode, augment=args.augment)
+    fit(cfg, progress=False)
+    with open(out / "history.csv") as f:
+        per_epoch = [float(r["images_per_second"]) for r in csv.DictReader(f)]
+    steady = per_epoch[1:] or per_epoch
+    return {"finetune_end_to_end_images_per_s": sum(steady) / len(steady),
+            "finetune_epoch_images_per_s": per_epoch, "epochs": args.epochs,
+            "decode": args.decode or ("gpu" if args.device == "cuda" else "cpu"),
+            "augment": args.augment, "run": str(out)}
+
+
+def parity_stage(args) -> dict:
+    """The eval inputs of the GPU path (nvJPEG + EvalBatch on --device) against the CPU path
+    (PIL + eval_array) on the first --steps batches: max and mean |difference|, and top-1
+    agreement of the --bundle model (from the finetune stage) or a seeded untrained one."""
+    from toolkit.batch_transforms import EvalBatch
+    from toolkit.checkpoint import load
+    from toolkit.gpu_input import ByteDataset, DeviceLoader, collate
+    from toolkit.imageio import eval_array, open_rgb
+
+    samples = scan_folder(args.data).samples[: args.steps * args.batch_size]
+    pre = recipe(image_size=args.image_size)
+    model = torchvision.models.get_model(args.arch, num_classes=10)
+    if args.bundle and (Path(args.bundle) / "model.pt").is_file():
+        model.load_state_dict(load(Path(args.bundle) / "model.pt")["state_dict"])
+    model = model.to(args.device).eval()
+    byte_loader = make_loader(ByteDataset(samples), args.batch_size, shuffle=False,
+                              device=args.device, seed=0, collate_fn=collate,
+                              random_workers=False)
+    worst, total, agree = 0.0, 0.0, 0
+    with torch.inference_mode():
+        for i, (x, _) in enumerate(DeviceLoader(byte_loader, EvalBatch(pre), args.device).batches()):
+            chunk = samples[i * args.batch_size:(i + 1) * args.batch_size]
+            ref = torch.stack([torch.from_numpy(eval_array(open_rgb(path), pre))
+                               for path, _ in chunk]).to(args.device)
+            diff = (x - ref).abs()
+            worst, total = max(worst, diff.max().item()), total + diff.mean().item() * len(chunk)
+            agree += (model(x).argmax(1) == model(ref).argmax(1)).sum().item()
+    return {"eval_parity": {"images": len(samples), "max_abs_diff": worst,
+                            "mean_abs_diff": total / len(samples),
+                            "top1_agreement": agree / len(samples),
+                            "trained_model": bool(args.bundle)}}
+
+
+def _jpeg(task) -> None:
+    import numpy as np
+    from PIL import Image
+
+    path, seed, side = task
+    rng = np.random.default_rng(seed)
+    cells = np.kron(rng.integers(0, 255, (8, 8, 3)), np.ones((side // 8, side // 8, 1)))
+    img = np.clip(cells + rng.normal(0, 40, (side, side, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(img).save(path, quality=90)
+
+
+def make_jpegs(root: str, n: int, side: int = 256, classes: int = 10) -> None:
+    """`n` photo-like `side`-px JPEGs in `classes` folders (a class is a colour layout)."""
+    from multiprocessing import Pool
+
+    from toolkit.machine import usable_cores
+
+    tasks = []
+    for i in range(n):
+        folder = Path(root) / f"class_{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        tasks.append((folder / f"{i}.jpg", i, side))
+    with Pool(usable_cores()) as pool:
+        pool.map(_jpeg, tasks, chunksize=64)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stage", choices=["data", "step", "pipeline", "finetune", "parity"],
+                    default="step")
+    ap.add_argument("--arch", default="resnet50")
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=12, help="Timed steps (batches for pipeline).")
+    ap.add_argument("--warmup-steps", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=3, help="finetune stage.")
+    ap.add_argument("--augment", default="standard", help="pipeline and finetune stages.")
+    ap.add_argument("--decode", choices=["cpu", "gpu"], help="finetune stage (default: rtk's).")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--data", default="/tmp/rtk-bench-digits")
+    ap.add_argument("--make-jpegs", type=int, default=0, help="First write N 256 px JPEGs to --data.")
+    ap.add_argument("--out", default="benchmarks/cpu")
+    ap.add_argument("--json", help="Write this stage's JSON here (and no Markdown).")
+    ap.add_argument("--bundle", help="Run directory: finetune writes it, parity reads it.")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    if args.make_jpegs and not Path(args.data).is_dir():
+        make_jpegs(args.data, args.make_jpegs)
+    stage = {"step": step_stage, "pipeline": pipeline_stage, "finetune": finetune_stage,
+             "parity": parity_stage, "data": lambda a: {"images": len(scan_folder(a.data).samples)}}
+    result = {"stage": args.stage, "arch": args.arch, "image_size": args.image_size,
+              "batch_size": args.batch_size, "steps": args.steps, "device": args.device,
+              **stage[args.stage](args), "environment": environment()}
+    print(json.dumps({k: v for k, v in result.items() if k != "environment"}))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    elif args.stage == "step":
+        write_step_report(result, Path(args.out))
+
+
+def write_step_report(result: dict, out: Path) -> None:
+    """train_throughput.json and .md under `out` (the CPU report's files)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    line = (f"{args.arch} {args.image_size}px batch {args.batch_size} on {args.device}: "
-            f"plain eager FP32 {plain:.1f} img/s, rtk ({rt.amp_dtype}, channels_last"
-            f"{', compile' if compile_ else ''}) {fast:.1f} img/s: {fast / plain:.2f}x")
-    (out / "train_throughput.md").write_text(f"# Training throughput\n\n{result['environment']['date']}, "
-                                             f"{result['environment']['cpu']}\n\n{line}\n")
+    plain, fast = result["plain_eager_fp32_images_per_s"], result["rtk_images_per_s"]
+    line = (f"{result['arch']} {result['image_size']}px batch {result['batch_size']} on "
+            f"{result['device']}: plain eager FP32 {plain:.1f} img/s, rtk "
+            f"({result['rtk_amp_dtype']}, channels_last"
+            f"{', compile' if result['compile'] else ''}) {fast:.1f} img/s: {fast / plain:.2f}x")
+    env = result["environment"]
+    (out / "train_throughput.md").write_text(f"# Training throughput\n\n{env['date']}, "
+                                             f"{env['cpu']}\n\n{line}\n")
     print(line)
 
 

@@ -2,7 +2,8 @@
 # The main job, end to end on CPU with the embedded sample data (scikit-learn's 1,797 real
 # handwritten digits): inspect -> finetune -> export (FP32/FP16/INT8, gated) -> eval ->
 # Triton repository -> real Triton server -> a request through the JPEG-in ensemble ->
-# benchmark report. Everything lands in ./demo (git-ignored). Re-running starts afresh.
+# benchmark report -> rtk tune (a short search for the fastest deployment within a p99
+# budget). Everything lands in ./demo (git-ignored). Re-running starts afresh.
 #
 # Offline machines cannot fetch ImageNet weights, so the demo trains from scratch
 # (--weights none) at 64 px; on your own data drop those flags to get the product defaults.
@@ -56,5 +57,11 @@ step "7. Benchmark report"
 rtk bench "$RUN" --batch-sizes 1,16 --duration 4 --triton-url "127.0.0.1:$PORT" \
     --concurrency 1,4 --out "$DEMO/bench"
 
+step "8. rtk tune: the fastest trusted deployment with p99 <= 200 ms (1 minute budget)"
+kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true; trap - EXIT
+rtk tune "$RUN" --p99-ms 200 --budget-minutes 1 --seconds 3 --out "$DEMO/tune" \
+    --repo "$DEMO/model_repository_tuned"
+
 step "Done"
 echo "Run bundle: $RUN   Triton repository: $DEMO/model_repository   Report: $DEMO/bench/report.md"
+echo "Tuned repository: $DEMO/model_repository_tuned   Tune report: $DEMO/tune/tune.md"

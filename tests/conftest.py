@@ -86,6 +86,18 @@ def tiny_bundle(tiny_data, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def exported(tiny_bundle, tmp_path_factory) -> Path:
+    """The tiny bundle with FP32, FP16 and INT8 graphs, all gated (read-only for tests)."""
+    from toolkit.bundle import Bundle
+    from toolkit.export import ExportOptions, export
+
+    root = Path(shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("exp") / "run"))
+    export(Bundle.load(root), ExportOptions(fp16=True, int8=True, calib_size=16, max_batch=16),
+           echo=lambda *_: None)
+    return root
+
+
 @pytest.fixture
 def bundle_copy(tiny_bundle, tmp_path) -> Path:
     """A private copy of the tiny bundle that a test may modify."""

@@ -81,7 +81,7 @@ def test_parity_failure_is_flagged_not_timed(tiny_bundle, monkeypatch):
     from toolkit.bundle import Bundle
 
     bundle = Bundle.load(tiny_bundle)
-    images = np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32)
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     from toolkit.backends import open_backend
 
     with open_backend("torch", bundle) as torch_backend:

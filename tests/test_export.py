@@ -19,18 +19,6 @@ ort = pytest.importorskip("onnxruntime")
 ONNX_ARTIFACTS = ["model.onnx", "model.fp16.onnx", "model.int8.onnx"]
 
 
-@pytest.fixture(scope="session")
-def exported(tiny_bundle, tmp_path_factory) -> Path:
-    """The tiny bundle with FP32, FP16 and INT8 graphs, all gated."""
-    from toolkit.bundle import Bundle
-    from toolkit.export import ExportOptions, export
-
-    root = Path(shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("exp") / "run"))
-    export(Bundle.load(root), ExportOptions(fp16=True, int8=True, calib_size=16, max_batch=16),
-           echo=lambda *_: None)
-    return root
-
-
 def test_every_onnx_artifact_is_recorded_trusted_and_gated(exported):
     manifest = json.loads((exported / "manifest.json").read_text())
     for name in ONNX_ARTIFACTS:
@@ -49,7 +37,9 @@ def test_onnx_describes_itself(exported):
     manifest = json.loads((exported / "manifest.json").read_text())
     io = manifest["artifacts"]["model.onnx"]["io"]
     assert io["opset"] >= 17
-    assert io["inputs"] == [{"name": "input", "dtype": "float32", "shape": [-1, 3, 32, 32]}]
+    assert io["inputs"] == [{"name": "input", "dtype": "uint8", "shape": [-1, 32, 32, 3]}]
+    assert manifest["input"] == {"name": "input", "dtype": "uint8", "layout": "NHWC",
+                                 "shape": [-1, 32, 32, 3]}
     assert io["outputs"] == [{"name": "logits", "dtype": "float32", "shape": [-1, 3]}]
     model = onnx.load(str(exported / "model.onnx"))
     onnx.checker.check_model(model)
@@ -58,12 +48,43 @@ def test_onnx_describes_itself(exported):
     assert json.loads(meta["rtk.preprocessing"])["crop"] == 32
 
 
-def test_fp16_graph_is_half_inside_with_float_io(exported):
+@pytest.mark.parametrize("name", ONNX_ARTIFACTS)
+def test_every_onnx_artifact_takes_uint8_images_and_normalises_first(exported, name):
+    model = onnx.load(str(exported / name))
+    (inp,) = model.graph.input
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = [d.dim_value or d.dim_param for d in inp.type.tensor_type.shape.dim]
+    assert isinstance(dims[0], str) and dims[1:] == [32, 32, 3]  # NHWC, symbolic batch
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    consumers = [n.op_type for n in model.graph.node if inp.name in n.input]
+    assert consumers in (["Transpose"], ["Cast"]), consumers  # layout/scale first, then the net
+
+
+def test_fp16_graph_is_half_inside(exported):
     model = onnx.load(str(exported / "model.fp16.onnx"))
     half = onnx.TensorProto.FLOAT16
     assert sum(t.data_type == half for t in model.graph.initializer) > 10
-    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    casts = [a.i for n in model.graph.node if n.op_type == "Cast" for a in n.attribute]
+    assert half in casts  # the uint8 images are cast straight to half
+
+
+def test_normalisation_in_the_graph_matches_the_training_transform(exported, tiny_data):
+    """ONNX on uint8 crops == the PyTorch model on eval_array's normalised floats."""
+    import torch
+
+    from toolkit.bundle import Bundle
+    from toolkit.imageio import eval_array, eval_uint8, open_rgb
+    from toolkit.model import load_bundle_model
+
+    bundle = Bundle.load(exported)
+    images = [open_rgb(p) for p in sorted(tiny_data.rglob("*.*"))[:6]]
+    crops = np.stack([eval_uint8(im, bundle.preprocessing) for im in images])
+    floats = np.stack([eval_array(im, bundle.preprocessing) for im in images])
+    with torch.inference_mode():
+        expected = load_bundle_model(bundle)(torch.from_numpy(floats)).numpy()
+    session = ort.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"input": crops})
+    np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
 def test_int8_graph_is_qdq(exported):
@@ -75,7 +96,7 @@ def test_int8_graph_is_qdq(exported):
 @pytest.mark.parametrize("batch", [1, 3, 8])
 def test_dynamic_batch(exported, name, batch):
     session = ort.InferenceSession(str(exported / name), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    x = np.random.default_rng(batch).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
     (logits,) = session.run(None, {"input": x})
     assert logits.shape == (batch, 3) and logits.dtype == np.float32
     assert np.isfinite(logits).all()

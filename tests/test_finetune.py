@@ -58,7 +58,8 @@ def test_manifest_describes_the_run(cli_run, tiny_data):
     pre = m["preprocessing"]
     assert pre["crop"] == 32 and pre["resize"] >= 32
     assert pre["mean"] == [0.485, 0.456, 0.406] and pre["std"] == [0.229, 0.224, 0.225]
-    assert m["input"]["shape"] == [-1, 3, 32, 32] and m["output"]["shape"] == [-1, 3]
+    assert m["input"]["shape"] == [-1, 32, 32, 3] and m["input"]["dtype"] == "uint8"  # contract
+    assert m["output"]["shape"] == [-1, 3]
     data = m["data"]
     assert data["train_dir"] == str(Path(tiny_data).resolve())
     assert data["val_split"] == 0.2 and data["seed"] == 0 and data["split_file"] == "split.json"

@@ -134,15 +134,16 @@ def test_importing_the_cli_loads_no_heavy_library():
 # of rtk; the CLI sits on top of everything.)
 LAYERS = [
     {"errors", "fileio", "machine", "imageio", "card", "metrics", "__init__"},
-    {"bundle", "scan", "preprocess", "sample", "ui", "report"},
-    {"data", "datareport", "model", "checkpoint", "loop"},
+    {"bundle", "scan", "preprocess", "sample", "ui", "report", "contract", "lock"},
+    {"data", "datareport", "model", "checkpoint", "loop", "gpu_input", "batch_transforms"},
     {"train", "session"},
     {"backends"},
     {"evaluate"},
     {"export"},
     {"triton"},
-    {"bench"},
-    {"cli", "cli_train", "cli_use", "cli_export", "cli_triton", "cli_bench", "__main__"},
+    {"bench", "deploy", "tune"},
+    {"cli", "cli_train", "cli_use", "cli_export", "cli_triton", "cli_bench", "cli_deploy",
+     "cli_tune", "__main__"},
 ]
 
 

@@ -26,7 +26,7 @@ GOLDEN = Path(__file__).parent / "golden"
 CLASSES = ["cat", "dog", "fox"]
 PRE = {"resize": 37, "crop": 32, "interpolation": "bilinear", "mean": [0.485, 0.456, 0.406],
        "std": [0.229, 0.224, 0.225], "source": "IMAGENET1K_V1"}
-IO = {"inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 3, 32, 32]}],
+IO = {"inputs": [{"name": "input", "dtype": "uint8", "shape": [-1, 32, 32, 3]}],
       "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, 3]}], "opset": 18}
 PLAN = {"tensorrt_version": "10.9.0.34", "gpu": "NVIDIA H100 80GB HBM3",
         "compute_capability": "9.0", "strongly_typed": True,
@@ -84,7 +84,8 @@ def test_python_platform_layout(bundle, tmp_path):
     assert struct.unpack("<I", warm[:4])[0] == len(warm) - 4 and warm[5:8] == b"PNG"
     classifier = configs.parse(files["pets_classifier/config.pbtxt"].decode())
     assert classifier.backend == "python" and classifier.max_batch_size == 64
-    assert list(classifier.input[0].dims) == [3, 32, 32] and classifier.input[0].name == "input"
+    assert list(classifier.input[0].dims) == [32, 32, 3] and classifier.input[0].name == "input"
+    assert classifier.input[0].data_type == configs.pb().DataType.Value("TYPE_UINT8")
     assert classifier.output[0].label_filename == "labels.txt"
     assert classifier.parameters["rtk.artifact_sha256"].string_value == \
         bundle.manifest["artifacts"]["model.onnx"]["sha256"]
@@ -104,6 +105,21 @@ def test_onnxruntime_cpu_defaults(bundle, tmp_path):
     assert config.version_policy.latest.num_versions == 1
     assert config.model_warmup[0].inputs["input"].zero_data
     assert not (repo / "golden_run_classifier" / "1" / "model.py").exists()
+
+
+def test_gpu_preprocess_decodes_on_its_gpu_instance(bundle, tmp_path):
+    """KIND_GPU: the preprocess instance is on the GPU with its nvJPEG decoder beside it."""
+    repo = tmp_path / "repo"
+    write_repository(bundle, RepoOptions(repo=str(repo), name="pets", kind="gpu"),
+                     echo=lambda *_: None)
+    pre = configs.parse((repo / "pets_preprocess" / "config.pbtxt").read_text())
+    assert pre.instance_group[0].kind == configs.pb().ModelInstanceGroup.KIND_GPU
+    assert pre.output[0].data_type == configs.pb().DataType.Value("TYPE_UINT8")
+    assert list(pre.output[0].dims) == [32, 32, 3]
+    assert (repo / "pets_preprocess" / "1" / "gpu_decode.py").is_file()
+    cpu = tmp_path / "cpu"
+    write_repository(bundle, RepoOptions(repo=str(cpu), name="pets"), echo=lambda *_: None)
+    assert not (cpu / "pets_preprocess" / "1" / "gpu_decode.py").exists()
 
 
 def _golden(bundle, tmp_path, variant: str, opts: RepoOptions) -> None:
@@ -250,3 +266,41 @@ def test_committed_model_repository_parses_and_holds_no_weights():
     tracked = subprocess.run(["git", "ls-files", str(repo)], capture_output=True, text=True,
                              cwd=repo.parent).stdout.split()
     assert tracked and not [t for t in tracked if t.endswith((".onnx", ".plan", ".pt"))]
+
+
+def _with_int8(bundle: Bundle, trusted: bool) -> Bundle:
+    (bundle.root / "model.int8.onnx").write_bytes(b"onnx-int8")
+    bundle.manifest["artifacts"]["model.int8.onnx"] = {
+        "sha256": hashlib.sha256(b"onnx-int8").hexdigest(), "parent": "model.onnx",
+        "parent_sha256": bundle.manifest["artifacts"]["model.onnx"]["sha256"], "io": IO,
+        "trusted": trusted, "gate": "passed" if trusted else "failed"}
+    bundle.save()
+    return bundle
+
+
+@pytest.mark.parametrize("trusted,kind,expected", [
+    (True, "cpu", "model.int8.onnx"), (False, "cpu", "model.onnx"), (True, "gpu", "model.onnx")])
+def test_cpu_serving_picks_int8_only_when_trusted(bundle, tmp_path, trusted, kind, expected):
+    _with_int8(bundle, trusted)
+    summary = write_repository(bundle, RepoOptions(repo=str(tmp_path / "r"), name="pets",
+                                                   platform="python", kind=kind),
+                               echo=lambda *_: None)
+    assert summary["artifact"] == expected
+    served = (tmp_path / "r" / "pets_classifier" / "1" / "model.onnx").read_bytes()
+    assert served == (bundle.root / expected).read_bytes()
+    config = configs.parse((tmp_path / "r" / "pets_classifier" / "config.pbtxt").read_text())
+    assert config.parameters["rtk.artifact"].string_value == expected
+    assert list(config.dynamic_batching.preferred_batch_size) == [16, 32, 64]
+    if kind == "cpu":  # ONNX Runtime threads sized to the cores the instances share
+        threads = int(config.parameters["intra_op_threads"].string_value)
+        assert threads * summary["instances"] >= 1 and threads == summary["threads_per_instance"]
+
+
+def test_an_untrusted_artifact_is_refused_when_asked_for(bundle, tmp_path):
+    _with_int8(bundle, trusted=False)
+    with pytest.raises(RtkError, match="failed its accuracy gate"):
+        write_repository(bundle, RepoOptions(repo=str(tmp_path / "r"), artifact="int8"),
+                         echo=lambda *_: None)
+    summary = write_repository(bundle, RepoOptions(repo=str(tmp_path / "r"), artifact="onnx"),
+                               echo=lambda *_: None)
+    assert summary["artifact"] == "model.onnx"

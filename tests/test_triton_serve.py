@@ -157,11 +157,11 @@ def test_bytes_path_through_the_ensemble(served, images, local_logits, protocol)
 @pytest.mark.parametrize("protocol,send_bytes", [("http", True), ("grpc", False)])
 def test_labels_from_the_classification_extension(served, images, local_logits, protocol,
                                                   send_bytes):
-    from toolkit.imageio import eval_array, open_rgb
+    from toolkit.imageio import eval_uint8, open_rgb
 
     pre, classes = served.bundle.preprocessing, served.bundle.classes
     x = ([p.read_bytes() for p in images[:4]] if send_bytes
-         else np.stack([eval_array(open_rgb(p), pre) for p in images[:4]]))
+         else np.stack([eval_uint8(open_rgb(p), pre) for p in images[:4]]))
     with _client(served, protocol, send_bytes) as client:
         rows = client.labels(x, k=2)
     assert len(rows) == 4 and all(len(r) == 2 for r in rows)
@@ -210,13 +210,13 @@ def test_bad_requests_fail_alone(served, images, protocol):
     def good():
         out = infer("tiny", "image", np.array([[images[0].read_bytes()]], dtype=object), "BYTES")
         assert out.as_numpy("logits").shape == (1, 3)
-        out = infer("tiny_classifier", "input", np.zeros((2, 3, crop, crop), np.float32), "FP32")
+        out = infer("tiny_classifier", "input", np.zeros((2, crop, crop, 3), np.uint8), "UINT8")
         assert out.as_numpy("logits").shape == (2, 3)
 
-    bad = [("tiny_classifier", "input", np.zeros((1, 3, crop + 1, crop), np.float32), "FP32"),
-           ("tiny_classifier", "input", np.zeros((1, crop, crop), np.float32), "FP32"),
-           ("tiny_classifier", "input", np.zeros((1, 3, crop, crop), np.float64), "FP64"),
-           ("tiny_classifier", "input", np.zeros((1, 3, crop, crop), np.int32), "INT32"),
+    bad = [("tiny_classifier", "input", np.zeros((1, crop + 1, crop, 3), np.uint8), "UINT8"),
+           ("tiny_classifier", "input", np.zeros((1, crop, crop), np.uint8), "UINT8"),
+           ("tiny_classifier", "input", np.zeros((1, crop, crop, 3), np.float32), "FP32"),
+           ("tiny_classifier", "input", np.zeros((1, 3, crop, crop), np.float32), "FP32"),
            ("tiny", "image", np.array([[b"definitely not an image"]], dtype=object), "BYTES"),
            ("tiny", "image", np.array([[b""]], dtype=object), "BYTES"),
            ("tiny", "image", np.array([[_png_header_only(9000, 9000)]], dtype=object), "BYTES"),

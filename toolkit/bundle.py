@@ -43,10 +43,10 @@ class Bundle:
         if not path.is_file():
             raise RtkError(f"{root} is not an rtk run directory (no {MANIFEST}).",
                            "Pass the --out folder of a finished `rtk finetune` run.")
-        try:
-            manifest = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise RtkError(f"{path} is not valid JSON: {exc}.", "Re-run `rtk finetune`.") from exc
+        manifest = read_json(path)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), dict):
+            raise RtkError(f"{path} is damaged: it holds JSON, but not an rtk manifest "
+                           "(no artifacts table).", DAMAGED_HINT)
         if manifest.get("schema") != SCHEMA_VERSION:
             raise RtkError(f"{path} has schema {manifest.get('schema')}, expected {SCHEMA_VERSION}.",
                            "Re-run `rtk finetune` with this version of rtk.")
@@ -73,7 +73,7 @@ class Bundle:
         path = self.root / "split.json"
         if not path.is_file():
             raise RtkError(f"{self.root} has no split.json.", "Re-run `rtk finetune`.")
-        return json.loads(path.read_text())
+        return read_json(path)
 
     def write_labels(self) -> None:
         write_text(self.root / LABELS, "\n".join(self.classes) + "\n")
@@ -110,12 +110,33 @@ class Bundle:
             raise RtkError(f"{self.root} has no {name}.", make_hint(name, self.root))
         if _file_hash(path) != entry["sha256"]:
             raise RtkError(f"{name} was changed after rtk recorded it.", make_hint(name, self.root))
+        inputs = entry.get("io", {}).get("inputs") or [{}]
+        if inputs[0].get("dtype", "uint8") != "uint8":  # before the uint8 contract (contract.py)
+            raise RtkError(f"{name} takes {inputs[0]['dtype']} tensors: it was exported by an older "
+                           "rtk, before every artifact took uint8 images.",
+                           f"Re-export: rtk export {self.root}")
         parent = entry.get("parent")
         if parent is not None:
             self._verify(parent)
             if self.manifest["artifacts"][parent]["sha256"] != entry.get("parent_sha256"):
                 raise RtkError(f"{name} is stale: it was made from an older {parent}.",
                                f"Re-export: rtk export {self.root}")
+
+
+DAMAGED_HINT = ("rtk writes it atomically, so something else cut or changed it (a full disk "
+                "outside rtk, a copy, an editor): restore the run folder from a backup, or "
+                "re-run `rtk finetune` into a new --out.")
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of the bundle; a truncated, garbled or unreadable one is a clear RtkError."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RtkError(f"{path} is damaged: it is not valid JSON ({exc}).", DAMAGED_HINT) from exc
+    except OSError as exc:
+        raise RtkError(f"Cannot read {path}: {exc.strerror}.",
+                       "Check that the run folder is readable by this user.") from exc
 
 
 _HASHES: dict[tuple, str] = {}

@@ -40,6 +40,13 @@ def handled(fn):
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if debug:
                 raise
+            import errno
+
+            # A full disk, a quota or a file-size limit: the user's to fix, not a bug to report.
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                _fail(f"Disk full while writing {exc.filename or 'a file'}: {exc.strerror}",
+                      "Free space (or raise the file-size limit) and re-run; rtk writes "
+                      "atomically: the previous files are unchanged.", 1)
             _fail(f"{type(exc).__name__}: {exc}", "Re-run with `rtk --debug ...` for the traceback "
                   "and report it if it looks like a bug.", 1)
     return wrapper
@@ -85,6 +92,7 @@ from .cli_use import eval_cmd, predict  # noqa: E402
 from .cli_bench import bench  # noqa: E402
 from .cli_export import export  # noqa: E402
 from .cli_triton import serve, triton  # noqa: E402
+from .cli_tune import tune  # noqa: E402
 
 main.add_command(finetune)
 main.add_command(export)
@@ -93,3 +101,8 @@ main.add_command(eval_cmd)
 main.add_command(predict)
 main.add_command(triton)
 main.add_command(serve)
+main.add_command(tune)
+
+from .cli_deploy import deploy  # noqa: E402
+
+main.add_command(deploy)

@@ -11,11 +11,16 @@ def parity_table(rows: list[dict]) -> None:
     from . import ui
 
     ui.table("Accuracy gate (artifact vs PyTorch eager FP32)",
-             ["artifact", "backend", "n", "top-1", "ref top-1", "delta pts", "agreement",
-              "max |diff|", "rule", "result"],
+             ["artifact", "backend", "n", "top-1", "ref top-1", "delta pts (95% CI)", "agreement",
+              "flips: confident / near-tie", "max |diff|", "rule", "result"],
              [[r["artifact"], r["backend"], r["n"], r["top1"], r["reference_top1"],
-               f"{r['top1_delta_points']:+.2f}", f"{r['agreement']:.2%}", f"{r['max_abs_diff']:.2e}",
-               r["rule"], "PASS" if r["passed"] else "FAIL"] for r in rows])
+               "{:+.2f} ({:+.2f}..{:+.2f})".format(r["top1_delta_points"], *r["top1_delta_ci95"]),
+               f"{r['agreement']:.2%}", f"{r['flips_confident']} / {r['flips_near_tie']}",
+               f"{r['max_abs_diff']:.2e}", r["rule"], "PASS" if r["passed"] else "FAIL"]
+              for r in rows])
+    for r in rows:
+        for warning in r.get("warnings", []):
+            click.secho(f"Warning: {r['artifact']}: {warning}", fg="yellow", err=True)
 
 
 @click.command()
@@ -32,6 +37,13 @@ def parity_table(rows: list[dict]) -> None:
 @click.option("--int8-scheme", type=click.Choice(["cpu", "tensorrt"]), default="cpu", show_default=True,
               help="cpu: uint8 activations, fast in ONNX Runtime; tensorrt: symmetric int8 "
                    "activations for TensorRT explicit quantization.")
+@click.option("--int8-search", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+              help="auto: when the first INT8 calibration fails its gate, search calibration "
+                   "methods, set size, per-channel weights and layers kept in float.")
+@click.option("--int8-budget", default=12, show_default=True, type=click.IntRange(min=1),
+              help="Most INT8 quantizations the search may try.")
+@click.option("--opt-batch", type=click.IntRange(min=1),
+              help="TensorRT profile's optimal batch (default: half of --max-batch).")
 @click.option("--data", "data_dir", type=click.Path(), help="Gate on this folder, not the val split.")
 @click.option("--fp32-agreement", default=0.999, show_default=True)
 @click.option("--fp16-delta", default=0.3, show_default=True, help="Max top-1 loss in points.")
@@ -39,26 +51,25 @@ def parity_table(rows: list[dict]) -> None:
 @click.option("--fp16-agreement", default=0.99, show_default=True)
 @click.option("--int8-agreement", default=0.95, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the parity table as JSON.")
-def export(run_dir, fp16, int8, fmt, opset, max_batch, calib_size, int8_scheme, data_dir, fp32_agreement,
-           fp16_delta, int8_delta, fp16_agreement, int8_agreement, as_json):
+def export(run_dir, as_json, fp32_agreement, fp16_delta, int8_delta, fp16_agreement,
+           int8_agreement, fmt, **options):
     """Export RUN_DIR's model to ONNX (FP32/FP16/INT8) and TensorRT, each checked against PyTorch."""
     from .cli import handled
+    from .export import Tolerances
+    from .lock import locked  # one writer per run directory; readers are not blocked
 
-    handled(_export)(run_dir, fp16, int8, fmt, opset, max_batch, calib_size, int8_scheme, data_dir,
-                     fp32_agreement, fp16_delta, int8_delta, fp16_agreement, int8_agreement, as_json)
+    tolerances = Tolerances(fp32_agreement, fp16_delta, int8_delta, fp16_agreement, int8_agreement)
+    handled(locked(_export, "rtk export"))(run_dir, as_json, format=fmt, tolerances=tolerances,
+                                           **options)
 
 
-def _export(run_dir, fp16, int8, fmt, opset, max_batch, calib_size, int8_scheme, data_dir, fp32_agreement,
-            fp16_delta, int8_delta, fp16_agreement, int8_agreement, as_json):
+def _export(run_dir, as_json, **options):
     from .bundle import Bundle
     from .errors import GateFailed
-    from .export import ExportOptions, Tolerances, export as run_export
+    from .export import ExportOptions, export as run_export
 
     bundle = Bundle.load(run_dir)
-    opts = ExportOptions(fp16=fp16, int8=int8, format=fmt, opset=opset, max_batch=max_batch,
-                         calib_size=calib_size, int8_scheme=int8_scheme, data_dir=data_dir,
-                         tolerances=Tolerances(fp32_agreement, fp16_delta, int8_delta, fp16_agreement,
-                                                    int8_agreement))
+    opts = ExportOptions(**options)
 
     def echo(message: str) -> None:
         click.echo(message, err=True)

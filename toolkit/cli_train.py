@@ -30,6 +30,9 @@ def _range_help(name: str, text: str) -> str:
 @click.option("--augment", type=click.Choice(AUGMENT_LEVELS), help="Default: by data set size.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
+@click.option("--decode", type=click.Choice(["cpu", "gpu"]),
+              help="Where images are decoded and augmented: gpu (nvJPEG, batched) or cpu "
+                   "(PIL in DataLoader workers). Default: gpu on CUDA, else cpu.")
 @click.option("--amp/--no-amp", default=True, show_default=True,
               help="Mixed precision (bf16/fp16 autocast).")
 @click.option("--compile/--no-compile", "compile_", default=None,
@@ -52,6 +55,9 @@ def _finetune(data_dir, out, compile_, no_progress, options) -> None:
         if options.get(name) is not None:
             check_range(name, options[name])
     cfg = TrainConfig(data_dir=data_dir, out=out, compile=compile_, **options)
-    bundle = fit(cfg, progress=not no_progress, echo=lambda m: click.echo(m, err=True))
+    from .lock import bundle_lock  # an existing run (--resume) has one writer at a time
+
+    with bundle_lock(out, "rtk finetune"):
+        bundle = fit(cfg, progress=not no_progress, echo=lambda m: click.echo(m, err=True))
     if bundle.manifest.get("metrics"):
         click.echo(f"{bundle.root}  val_accuracy={bundle.manifest['metrics']['val_accuracy']:.4f}")

@@ -18,37 +18,61 @@ import click
               help="python: ONNX Runtime inside Triton's Python backend (nvidia-pytriton's server).")
 @click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
 @click.option("--max-batch", type=int, help="max_batch_size (default: the artifact's largest batch).")
-@click.option("--instances", default=1, show_default=True, help="Instances per model.")
+@click.option("--artifact", type=click.Choice(["onnx", "fp16", "int8"]),
+              help="Classifier artifact (default: INT8 on --kind cpu when its gate trusted it, "
+                   "else FP32 model.onnx). An untrusted artifact is refused.")
+@click.option("--instances", type=click.IntRange(min=1),
+              help="Instances per model (default: one per 4 CPU cores on --kind cpu, 1 on gpu).")
 @click.option("--queue-delay-us", default=100, show_default=True, help="Dynamic batching delay.")
 @click.option("--trt-fp16", is_flag=True,
               help="onnxruntime on GPU: enable the TensorRT execution accelerator in FP16.")
 @click.option("--target-tensorrt", help="tensorrt: TensorRT version of the serving host (default: here).")
 @click.option("--target-cc", help="tensorrt: GPU compute capability of the serving host (default: here).")
+@click.option("--max-queue-size", type=int,
+              help="Requests each model may queue; more are rejected at once (default: 4 x max "
+                   "batch x instances; 0: unbounded).")
+@click.option("--queue-timeout-ms", default=5000, show_default=True,
+              help="A request that waited this long in a model's queue is rejected (0: never).")
 @click.option("--json", "as_json", is_flag=True)
 def triton(run_dir, repo, name, platform, kind, max_batch, instances, queue_delay_us, trt_fp16,
-           target_tensorrt, target_cc, as_json):
+           target_tensorrt, target_cc, max_queue_size, queue_timeout_ms, as_json, artifact):
     """Write a Triton model repository for RUN_DIR: classifier, preprocessing, ensemble."""
     from .cli import handled
 
     handled(_triton)(run_dir, repo, name, platform, kind, max_batch, instances, queue_delay_us,
-                     trt_fp16, target_tensorrt, target_cc, as_json)
+                     trt_fp16, target_tensorrt, target_cc, as_json,
+                     max_queue_size=max_queue_size, queue_timeout_ms=queue_timeout_ms,
+                     artifact=artifact)
 
 
 def _triton(run_dir, repo, name, platform, kind, max_batch, instances, queue_delay_us, trt_fp16,
-            target_tensorrt, target_cc, as_json):
+            target_tensorrt, target_cc, as_json, **queue):
+    import contextlib
+    from pathlib import Path
+
     from .bundle import Bundle
+    from .lock import bundle_lock
     from .triton import RepoOptions, write_repository
 
     opts = RepoOptions(repo=repo, name=name, platform=platform, kind=kind, max_batch=max_batch,
                        instances=instances, queue_delay_us=queue_delay_us, trt_fp16=trt_fp16,
-                       target_tensorrt=target_tensorrt, target_cc=target_cc)
-    summary = write_repository(Bundle.load(run_dir), opts, echo=lambda m: click.echo(m, err=True))
+                       target_tensorrt=target_tensorrt, target_cc=target_cc, **queue)
+    inside = Path(run_dir).resolve() in Path(repo).resolve().parents  # writing into the bundle
+    with bundle_lock(run_dir, "rtk triton") if inside else contextlib.nullcontext():
+        summary = write_repository(Bundle.load(run_dir), opts,
+                                   echo=lambda m: click.echo(m, err=True))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
     names = summary["names"]
     click.echo(f"Ensemble {names['ensemble']!r} (image bytes in, {names['classifier']} on "
                f"{platform}/{kind}, max batch {summary['max_batch']}) in {summary['repo']}")
+    click.echo(f"Classifier artifact: {summary['artifact']}, {summary['instances']} instance(s)"
+               + (f" x {summary['threads_per_instance']} ONNX Runtime threads"
+                  if summary["threads_per_instance"] else ""))
+    size, wait = summary["max_queue_size"], summary["queue_timeout_ms"]
+    click.echo(f"Queues: {f'at most {size}' if size else 'unbounded'} requests per model, "
+               f"{f'rejected after waiting {wait} ms' if wait else 'no wait limit'}")
     click.echo(f"Serve it with: rtk serve {summary['repo']}")
 
 
@@ -61,23 +85,38 @@ def _triton(run_dir, repo, name, platform, kind, max_batch, instances, queue_del
               help="Bind address; 0.0.0.0 exposes the server on every interface.")
 @click.option("--timeout", default=180, show_default=True, help="Seconds to wait until ready.")
 @click.option("--quiet", is_flag=True, help="Do not echo Triton's log (errors are still reported).")
-def serve(repo, http_port, grpc_port, metrics_port, address, timeout, quiet):
-    """Run a real Triton server on REPO until Ctrl-C."""
+@click.option("--load-model", "load_models", multiple=True, metavar="NAME",
+              help="Load only this model (repeatable; an ensemble loads its steps too). "
+                   "Default: every model in REPO.")
+@click.option("--exit-timeout", default=10, show_default=True, type=click.IntRange(min=0),
+              help="Seconds Triton lets in-flight requests finish after Ctrl-C or SIGTERM.")
+def serve(repo, http_port, grpc_port, metrics_port, address, timeout, quiet, load_models,
+          exit_timeout):
+    """Run a real Triton server on REPO (a folder, or s3://... that Triton reads) until Ctrl-C.
+
+    A model whose backend process dies (e.g. killed for memory) is reloaded within seconds;
+    meanwhile Triton answers not ready on /v2/health/ready and on the model's ready endpoint.
+    """
     from .cli import handled
 
-    handled(_serve)(repo, http_port, grpc_port, metrics_port, address, timeout, quiet)
+    handled(_serve)(repo, http_port, grpc_port, metrics_port, address, timeout, quiet,
+                    load_models, exit_timeout)
 
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _serve(repo, http_port, grpc_port, metrics_port, address, timeout, quiet):
+def _serve(repo, http_port, grpc_port, metrics_port, address, timeout, quiet, load_models=(),
+           exit_timeout=10):
     from .errors import RtkError
     from .triton.server import TritonServer
 
     log = None if quiet else (lambda line: click.echo(line, err=True))
-    server = TritonServer(repo, http_port, grpc_port, metrics_port, address, log=log)
+    # The watchdog's reload notices are printed even with --quiet: they are rtk's, not Triton's.
+    server = TritonServer(repo, http_port, grpc_port, metrics_port, address, log=log,
+                          exit_timeout=exit_timeout, notify=lambda line: click.echo(line, err=True),
+                          load_models=load_models)
     # `docker stop`, `kill` and Ctrl-C all stop cleanly; SIGINT is installed explicitly because a
     # shell's background job starts with it ignored, and then Python never raises KeyboardInterrupt.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -10,7 +10,7 @@ import numpy as np
 
 from .bundle import Bundle
 from .errors import RtkError
-from .imageio import eval_array, open_rgb
+from .imageio import eval_uint8, open_rgb
 from .metrics import classification
 
 
@@ -37,8 +37,8 @@ def folder_samples(bundle: Bundle, folder: str | Path) -> list[tuple[Path, int]]
 
 
 def batches(paths: Sequence[Path], pre: dict, batch_size: int, raw: bool = False) -> Iterator:
-    """Decoded and transformed batches (or raw bytes), decoded by a small thread pool."""
-    load = (lambda p: Path(p).read_bytes()) if raw else (lambda p: eval_array(open_rgb(p), pre))
+    """uint8 NHWC batches of the eval transform (or raw bytes), decoded by a small thread pool."""
+    load = (lambda p: Path(p).read_bytes()) if raw else (lambda p: eval_uint8(open_rgb(p), pre))
     with ThreadPoolExecutor(max_workers=4) as pool:
         for i in range(0, len(paths), batch_size):
             items = list(pool.map(load, paths[i:i + batch_size]))

@@ -80,8 +80,66 @@ def warmup_cosine(optimizer, total_steps: int, warmup_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def make_optimizer(params, lr: float, weight_decay: float, device: str):
+    """AdamW; on CUDA the fused kernel (one launch for every parameter, not one per tensor)."""
+    import torch
+
+    fused = {"fused": True} if device == "cuda" else {}
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fused)
+
+
 def new_totals() -> dict[str, float]:
     return {"loss_sum": 0.0, "correct": 0, "seen": 0}
+
+
+LOG_EVERY = 25  # steps between reads of the loss and accuracy kept on the device (a sync each)
+
+
+class DeviceTotals:
+    """Loss sum and correct predictions accumulated on the device, read at log intervals."""
+
+    def __init__(self, device: str):
+        import torch
+
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.seen = 0
+
+    def add(self, loss, logits, y) -> None:
+        self.loss += loss.detach().double() * y.shape[0]
+        self.correct += (logits.detach().argmax(1) == y).sum()
+        self.seen += y.shape[0]
+
+    def flush(self, totals: dict[str, float], step: int) -> float:
+        """Add the sums into `totals` (one host sync); the mean loss since the last flush."""
+        if not self.seen:
+            return math.nan
+        loss_sum, correct, seen = self.loss.item(), int(self.correct.item()), self.seen
+        self.loss.zero_()
+        self.correct.zero_()
+        self.seen = 0
+        if not math.isfinite(loss_sum):
+            raise RtkError(f"The loss became {loss_sum / seen} by step {step}.",
+                           "Lower --lr, or train without AMP (--no-amp).")
+        totals["loss_sum"] += loss_sum
+        totals["correct"] += correct
+        totals["seen"] += seen
+        return loss_sum / seen
+
+
+def device_batches(loader, rt: Runtime, skip: int = 0):
+    """(x, y) on the device from batch `skip` on: a GPU-path loader (toolkit.gpu_input) makes
+    them itself; a plain loader's batches are moved there (channels_last)."""
+    import torch
+
+    if hasattr(loader, "batches"):
+        yield from loader.batches(skip)
+        return
+    for step, (x, y) in enumerate(loader):
+        if step < skip:  # resuming mid-epoch: the loader order is seeded per epoch
+            continue
+        yield (x.to(rt.device, non_blocking=True, memory_format=torch.channels_last),
+               y.to(rt.device, non_blocking=True))
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, rt: Runtime, *,
@@ -90,51 +148,50 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, rt: Runtime, *,
     """One pass over `loader`; `on_batch(step, n_images, loss, lr)` reports progress.
 
     `totals` (loss sum, correct, seen) is updated in place, so an interrupted epoch can be
-    checkpointed and its statistics completed after a resume.
+    checkpointed and its statistics completed after a resume. Loss and accuracy stay on the
+    device and are read every LOG_EVERY steps (and after the first and last): no step waits
+    for the GPU, and `loss` is the mean over the last interval.
     """
     import torch
 
     model.train()
     criterion = torch.nn.CrossEntropyLoss()
     totals = new_totals() if totals is None else totals
-    for step, (x, y) in enumerate(loader):
-        if step < skip_batches:  # resuming mid-epoch: the loader order is seeded per epoch
-            continue
-        x = x.to(rt.device, non_blocking=True, memory_format=torch.channels_last)
-        y = y.to(rt.device, non_blocking=True)
-        with torch.autocast(rt.device, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
-            logits = model(x)
-            loss = criterion(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        if not torch.isfinite(loss):
-            raise RtkError(f"The loss became {loss.item()} at step {step}.",
-                           "Lower --lr, or train without AMP (--no-amp).")
-        totals["loss_sum"] += loss.item() * len(y)
-        totals["correct"] += (logits.argmax(1) == y).sum().item()
-        totals["seen"] += len(y)
-        if on_batch:
-            on_batch(step + 1, len(y), loss.item(), scheduler.get_last_lr()[0])
+    running, last_loss, step = DeviceTotals(rt.device), math.nan, skip_batches
+    try:
+        for step, (x, y) in enumerate(device_batches(loader, rt, skip_batches),
+                                      start=skip_batches + 1):
+            with torch.autocast(rt.device, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
+                logits = model(x)
+                loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            running.add(loss, logits, y)
+            if step % LOG_EVERY == 0 or step == skip_batches + 1 or step == len(loader):
+                last_loss = running.flush(totals, step)
+            if on_batch:
+                on_batch(step, len(y), last_loss, scheduler.get_last_lr()[0])
+    finally:  # an interrupt keeps the statistics of every finished step
+        running.flush(totals, step)
     seen = max(1, totals["seen"])
     return {"train_loss": totals["loss_sum"] / seen, "train_accuracy": totals["correct"] / seen}
 
 
 def predict_logits(model, loader, rt: Runtime) -> tuple[np.ndarray, np.ndarray, float]:
-    """Logits and labels of a whole loader, with the mean cross-entropy."""
+    """Logits and labels of a whole loader, with the mean cross-entropy (one read at the end)."""
     import torch
 
     model.eval()
     outs, labels = [], []
     with torch.inference_mode(), torch.autocast(rt.device, dtype=rt.amp_dtype,
                                                 enabled=rt.amp_dtype is not None):
-        for x, y in loader:
-            x = x.to(rt.device, non_blocking=True, memory_format=torch.channels_last)
-            outs.append(model(x).float().cpu())
+        for x, y in device_batches(loader, rt):
+            outs.append(model(x).float())
             labels.append(y)
-    logits, labels_t = torch.cat(outs), torch.cat(labels)
+    logits, labels_t = torch.cat(outs).cpu(), torch.cat(labels).cpu()
     loss = torch.nn.functional.cross_entropy(logits, labels_t).item()
     return logits.numpy(), labels_t.numpy(), loss
 

@@ -9,6 +9,17 @@ from .imageio import eval_array
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
+# The card's augmentation levels, read by train_transform (PIL images, in DataLoader workers)
+# and by toolkit.batch_transforms (whole batches on the GPU), so the two paths cannot drift:
+# RandomResizedCrop scale, rotation degrees, ColorJitter (brightness, contrast, saturation,
+# hue). Every level but "none" also flips horizontally; "none" is the eval resize and crop.
+AUGMENT: dict[str, dict[str, Any] | None] = {
+    "none": None,
+    "light": {"scale": (0.5, 1.0), "degrees": 0, "jitter": None},
+    "standard": {"scale": (0.25, 1.0), "degrees": 10, "jitter": (0.2, 0.2, 0.2, 0.0)},
+    "heavy": {"scale": (0.08, 1.0), "degrees": 20, "jitter": (0.4, 0.4, 0.4, 0.1)},
+}
+
 
 def recipe(resize: int = 232, crop: int = 224, image_size: int | None = None,
            source: str = "IMAGENET1K_V2") -> dict[str, Any]:
@@ -31,17 +42,15 @@ def train_transform(pre: dict[str, Any], level: str) -> Callable:
     from torchvision.transforms import v2 as T
     import torch
 
-    crop = pre["crop"]
-    head = {
-        "none": [T.Resize(pre["resize"], antialias=True), T.CenterCrop(crop)],
-        "light": [T.RandomResizedCrop(crop, scale=(0.5, 1.0), antialias=True),
-                  T.RandomHorizontalFlip()],
-        "standard": [T.RandomResizedCrop(crop, scale=(0.25, 1.0), antialias=True),
-                     T.RandomHorizontalFlip(), T.RandomRotation(10),
-                     T.ColorJitter(0.2, 0.2, 0.2)],
-        "heavy": [T.RandomResizedCrop(crop, scale=(0.08, 1.0), antialias=True),
-                  T.RandomHorizontalFlip(), T.RandomRotation(20),
-                  T.ColorJitter(0.4, 0.4, 0.4, 0.1)],
-    }[level]
+    crop, spec = pre["crop"], AUGMENT[level]
+    if spec is None:
+        head = [T.Resize(pre["resize"], antialias=True), T.CenterCrop(crop)]
+    else:
+        head = [T.RandomResizedCrop(crop, scale=spec["scale"], antialias=True),
+                T.RandomHorizontalFlip()]
+        if spec["degrees"]:
+            head.append(T.RandomRotation(spec["degrees"]))
+        if spec["jitter"]:
+            head.append(T.ColorJitter(*spec["jitter"]))
     return T.Compose([T.PILToTensor(), *head, T.ToDtype(torch.float32, scale=True),
                       T.Normalize(pre["mean"], pre["std"])])

@@ -9,12 +9,13 @@ from typing import Any, Callable
 
 from . import card, checkpoint, ui
 from .bundle import Bundle, provenance
-from .data import ImageDataset, check_usable, make_loader, stratified_split
+from .contract import input_spec
+from .data import check_usable, stratified_split, training_loaders
 from .datareport import summarize
 from .errors import RtkError
 from .fileio import write_json
-from .loop import (Runtime, Throughput, init_distributed, new_totals, pick_amp_dtype, pick_device,
-                   predict_logits, train_one_epoch, warmup_cosine)
+from .loop import (Runtime, Throughput, init_distributed, make_optimizer, new_totals,
+                   pick_amp_dtype, pick_device, predict_logits, train_one_epoch, warmup_cosine)
 from .metrics import classification, weakest
 from .scan import scan_folder
 from .train import TrainConfig, resolve, write_bundle_files
@@ -44,7 +45,8 @@ class TrainingSession:
         if cfg.resume:
             resume_state = checkpoint.load(out / "last.pt")
             saved = TrainConfig(**resume_state["config"])
-            cfg = TrainConfig(**{**asdict(saved), "resume": True, "device": cfg.device})
+            cfg = TrainConfig(**{**asdict(saved), "resume": True, "device": cfg.device,
+                                 "decode": cfg.decode})  # where to run: this machine's choice
         elif (out / "manifest.json").exists() or (out / "last.pt").exists():
             raise RtkError(f"{out} already holds a run.",
                            "Continue it with --resume, or choose another --out.")
@@ -52,6 +54,8 @@ class TrainingSession:
         session = cls(cfg, rt, echo if rank == 0 else (lambda *a, **k: None), progress)
         session.resume_state = resume_state
         torch.manual_seed(cfg.seed)
+        if device == "cuda":  # every batch has one shape: let cuDNN time and keep its fastest
+            torch.backends.cudnn.benchmark = True
         session._prepare_data()
         session.cfg = resolve(cfg, len(session.train_samples) + len(session.val_samples), device)
         session._prepare_model()
@@ -87,8 +91,8 @@ class TrainingSession:
         if self.resume_state:
             model.load_state_dict(self.resume_state["state_dict"])
         self.model = model.to(rt.device, memory_format=torch.channels_last)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
-                                           weight_decay=cfg.weight_decay)
+        self.optimizer = make_optimizer(self.model.parameters(), cfg.lr, cfg.weight_decay,
+                                        rt.device)
         self.scaler = torch.amp.GradScaler(rt.device, enabled=rt.amp_dtype == torch.float16)
         self._build_loaders()
         total = cfg.epochs * len(self.train_loader)
@@ -102,22 +106,11 @@ class TrainingSession:
             self.train_model = torch.compile(self.train_model)
 
     def _build_loaders(self) -> None:
-        import torch
-
-        from .preprocess import eval_transform, train_transform
-
         cfg, rt = self.cfg, self.rt
-        train_ds = ImageDataset(self.train_samples, train_transform(self.preprocessing, cfg.augment))
-        val_ds = ImageDataset(self.val_samples, eval_transform(self.preprocessing))
-        self.sampler = None
-        if rt.world > 1:
-            self.sampler = torch.utils.data.DistributedSampler(
-                train_ds, num_replicas=rt.world, rank=rt.rank, shuffle=True, seed=cfg.seed)
-        self.train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, device=rt.device,
-                                        seed=cfg.seed, sampler=self.sampler, world=rt.world,
-                                        drop_last=len(train_ds) > cfg.batch_size)
-        self.val_loader = make_loader(val_ds, max(cfg.batch_size, 32), shuffle=False,
-                                      device=rt.device, seed=cfg.seed, world=rt.world)
+        self.train_loader, self.val_loader, self.sampler = training_loaders(
+            self.train_samples, self.val_samples, self.preprocessing, augment=cfg.augment,
+            decode=cfg.decode, batch_size=cfg.batch_size, device=rt.device, seed=cfg.seed,
+            rank=rt.rank, world=rt.world)
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
@@ -139,9 +132,12 @@ class TrainingSession:
         self.echo(f"Training {cfg.arch} on {len(self.train_samples)} images "
                   f"({len(self.val_samples)} validation), {len(self.classes)} classes, "
                   f"device {rt.device}, AMP {rt.amp_dtype or 'off'}, compile {cfg.compile}, "
-                  f"{rt.world} process(es).")
+                  f"decode {cfg.decode}, {rt.world} process(es).")
         if rt.device == "cpu":
             self.echo(card.CPU_SLOWDOWN)
+        if rt.device == "cpu" and cfg.decode == "gpu":
+            self.echo("--decode gpu on the CPU: batches are decoded and augmented in this "
+                      "process, not in workers (slower; meant for testing the GPU path).")
         evaluation: dict[str, Any] = {}
         epoch = self.start_epoch
         try:
@@ -167,15 +163,19 @@ class TrainingSession:
         self.train_loader.generator.manual_seed(cfg.seed + epoch)
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
+        if hasattr(self.train_loader, "set_epoch"):  # the GPU path seeds each batch's augmentation
+            self.train_loader.set_epoch(cfg.seed + epoch)
         skip = self.skip_batches if epoch == self.start_epoch else 0
         self._steps_done = skip
         self._totals = dict(self.resumed_totals) if skip and self.resumed_totals else new_totals()
         meter = Throughput()
-        start = time.perf_counter()
+        start, first_step = time.perf_counter(), []
         with ui.epoch_bar(len(self.train_loader), f"epoch {epoch + 1}/{cfg.epochs}",
                           self.show_progress and rt.is_main) as update:
             def on_batch(step, n, loss, lr):
                 self._steps_done = step
+                if not first_step:  # the loop reads the loss after the first step: a sync
+                    first_step.append(time.perf_counter() - start)
                 update(step, meter.add(n * rt.world), loss, lr)
 
             stats = train_one_epoch(self.train_model, self.train_loader, self.optimizer,
@@ -184,7 +184,20 @@ class TrainingSession:
         stats["seconds"] = time.perf_counter() - start
         stats["images_per_second"] = meter.images / max(1e-9, stats["seconds"])
         stats["lr"] = self.scheduler.get_last_lr()[0]
+        if epoch == self.start_epoch:
+            self._report_first_epoch(epoch, stats, first_step)
         return stats
+
+    def _report_first_epoch(self, epoch: int, stats: dict, first_step: list[float]) -> None:
+        """Say what the first epoch's speed includes, and which images PIL decoded."""
+        if self.cfg.compile and first_step:
+            stats["compile_warmup_seconds"] = first_step[0]
+            self.echo(f"torch.compile warm-up: the first step took {first_step[0]:.1f} s; "
+                      f"epoch {epoch + 1}'s images/s includes it, later epochs' do not.")
+        by_pil = getattr(self.train_loader, "decoded_by_pil", 0)
+        if by_pil:
+            self.echo(f"{by_pil} training image(s) an epoch are decoded by PIL on the CPU, "
+                      "not in batches (not plain colour JPEGs, or EXIF-rotated).")
 
     def _evaluate(self, epoch: int, stats: dict, bundle: Bundle) -> dict[str, Any]:
         evaluation: dict[str, Any] = {}
@@ -240,8 +253,7 @@ class TrainingSession:
         bundle = Bundle.create(
             self.out, status="training", arch=cfg.arch, classes=self.classes,
             num_classes=len(self.classes), preprocessing=self.preprocessing,
-            input={"name": "input", "dtype": "float32",
-                   "shape": [-1, 3, self.preprocessing["crop"], self.preprocessing["crop"]]},
+            input=input_spec(self.preprocessing["crop"]),
             output={"name": "logits", "dtype": "float32", "shape": [-1, len(self.classes)]},
             data={"train_dir": str(root),
                   "val_dir": str(Path(cfg.val_dir).resolve()) if cfg.val_dir else None,

@@ -31,6 +31,7 @@ class TrainConfig:
     augment: str | None = None
     weight_decay: float = 0.05
     device: str = "auto"
+    decode: str | None = None  # "gpu" (nvJPEG + batched augmentation) or "cpu" (PIL workers)
     amp: bool = True
     compile: bool | None = None
     seed: int = 0
@@ -51,6 +52,7 @@ def resolve(cfg: TrainConfig, n_images: int, device: str) -> TrainConfig:
         lr=pick(cfg.lr, preset.lr, card.RANGES["lr"][0]),
         augment=cfg.augment or preset.augment,
         compile=cfg.compile if cfg.compile is not None else device == "cuda",
+        decode=cfg.decode or ("gpu" if device == "cuda" else "cpu"),
     )
     for name in card.RANGES:
         card.check_range(name, getattr(cfg, name))

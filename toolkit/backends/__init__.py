@@ -12,6 +12,7 @@ REGISTRY: dict[str, str] = {
     "torch": "torch_backend:TorchEager",
     "torch-amp": "torch_backend:TorchAmp",
     "torch-compile": "torch_backend:TorchCompile",
+    "torch-half": "torch_backend:TorchHalf",
     "onnxruntime": "ort:OrtFP32",
     "onnxruntime-fp16": "ort:OrtFP16",
     "onnxruntime-int8": "ort:OrtInt8",

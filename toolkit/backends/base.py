@@ -1,4 +1,4 @@
-"""The backend contract: a classifier runtime taking an NCHW float32 batch, returning logits."""
+"""The backend contract: a classifier runtime taking a uint8 NHWC image batch, returning logits."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 
 class Backend(abc.ABC):
-    """A classifier runtime. Inputs and outputs are NumPy float32 arrays."""
+    """A classifier runtime: uint8 NHWC images in (toolkit/contract.py), float32 logits out."""
 
     name: ClassVar[str]
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
@@ -28,7 +28,16 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Logits, shape (N, classes), for a float32 batch of shape (N, 3, H, W)."""
+        """Logits, shape (N, classes), for a uint8 batch of shape (N, H, W, 3)."""
+
+    def images(self, x) -> np.ndarray:
+        """`x` as a contiguous uint8 NHWC batch, or an RtkError naming the expected shape."""
+        import numpy as np
+
+        from ..contract import check_batch
+
+        check_batch(x, self.bundle.preprocessing["crop"])
+        return np.ascontiguousarray(x)
 
     def close(self) -> None:
         """Release sessions, engines and connections."""

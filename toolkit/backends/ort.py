@@ -65,14 +65,14 @@ class OrtFP32(Backend):
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input: np.ascontiguousarray(x, np.float32)})[0]
+        return self.session.run(None, {self.input: self.images(x)})[0]
 
     def close(self) -> None:
         self.session = None
 
 
 class OrtFP16(OrtFP32):
-    """ONNX Runtime on the FP16 graph (FP32 inputs and outputs)."""
+    """ONNX Runtime on the FP16 graph (uint8 images in, FP32 logits out)."""
 
     name = "onnxruntime-fp16"
     artifact = "model.fp16.onnx"

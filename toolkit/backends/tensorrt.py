@@ -1,4 +1,4 @@
-"""TensorRT engine backend (model.fp16.plan), with torch CUDA tensors as I/O buffers.
+"""TensorRT engine backend (model.fp16.plan): uint8 NHWC images in, torch CUDA tensors as buffers.
 
 UNVERIFIED here (no GPU, no TensorRT): written against the TensorRT 10/11 name-based
 tensor API (set_input_shape, set_tensor_address, execute_async_v3).
@@ -59,7 +59,8 @@ class TensorRTEngine(Backend):
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         torch = self.torch
-        inp = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to("cuda")
+        host = torch.from_numpy(self.images(x)).pin_memory()
+        inp = host.to("cuda", non_blocking=True)
         if not self.context.set_input_shape(self.input, tuple(inp.shape)):
             from ..errors import RtkError
 

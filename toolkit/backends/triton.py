@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import time
+
 import numpy as np
 
 from ..errors import RtkError, require
+from . import retry
 from .base import Backend
 
 IMAGE_INPUT, PROBS_OUTPUT = "image", "probabilities"  # as written by toolkit.triton.configs
@@ -28,8 +32,9 @@ class TritonClient(Backend):
 
     def __init__(self, bundle, device="cpu", url: str | None = None, protocol: str = "http",
                  send_bytes: bool = True, model: str | None = None, timeout: float = 60.0,
-                 **options):
+                 retry_deadline: float = 30.0, **options):
         super().__init__(bundle, device)
+        self.retry_deadline = retry_deadline  # seconds a request may spend on retries
         if not url:
             raise RtkError("The triton backend needs the server address.",
                            "Pass --url HOST:PORT (8000 for http, 8001 for grpc).")
@@ -53,13 +58,30 @@ class TritonClient(Backend):
                   if self.protocol == "http" else {})
         try:
             client = self.lib.InferenceServerClient(url=self.url, **kwargs)
-            ready = client.is_server_ready()
+            ready = self._wait_ready(client)
         except Exception as exc:  # noqa: BLE001 - connection errors differ by protocol
             raise RtkError(f"Cannot reach Triton at {self.url} over {self.protocol}: {exc}.",
                            START_HINT) from exc
         if not ready:
-            raise RtkError(f"Triton at {self.url} is not ready.", "Wait for `rtk serve` to say ready.")
+            client.close()
+            raise RtkError(f"Triton at {self.url} is not ready after {self.retry_deadline:.0f} s.",
+                           "Wait for `rtk serve` to say ready (a crashed model it reloads comes "
+                           "back by itself); otherwise its log says which model failed.")
         return client
+
+    def _wait_ready(self, client) -> bool:
+        """Server readiness, waiting out a model reload (Triton is briefly not ready meanwhile).
+
+        A refused connection is not waited for: at start-up it means a wrong --url.
+        """
+        start, attempt = time.monotonic(), 0
+        while not client.is_server_ready():
+            left = self.retry_deadline - (time.monotonic() - start)
+            if left <= 0:
+                return False
+            time.sleep(min(left, 0.05 + retry.backoff(attempt, cap=1.0)))
+            attempt += 1
+        return True
 
     def _config(self, name: str) -> dict:
         config = self.client.get_model_config(name, **({"as_json": True}
@@ -88,8 +110,8 @@ class TritonClient(Backend):
             data = np.array([[bytes(b)] for b in x], dtype=object).reshape(-1, 1)
             inp = self.lib.InferInput(self.input, list(data.shape), "BYTES")
         else:
-            data = np.ascontiguousarray(x, dtype=np.float32)
-            inp = self.lib.InferInput(self.input, list(data.shape), "FP32")
+            data = np.ascontiguousarray(x, dtype=np.uint8)  # the classifier's uint8 images
+            inp = self.lib.InferInput(self.input, list(data.shape), "UINT8")
         inp.set_data_from_numpy(data)
         return inp
 
@@ -98,14 +120,35 @@ class TritonClient(Backend):
         for i in range(0, len(x), self.max_batch):
             inp = self._input(x[i:i + self.max_batch])
             requested = self.lib.InferRequestedOutput(output, class_count=class_count)
-            try:
-                result = self.client.infer(self.model, [inp], outputs=[requested])
-            except Exception as exc:  # noqa: BLE001 - InferenceServerException and transport errors
-                message = exc.message() if hasattr(exc, "message") else str(exc)
-                raise RtkError(f"Triton refused the request to {self.model}: {message}",
-                               "Check the images (and the server log of `rtk serve`).") from exc
+            try:  # transient failures (overload, a model being reloaded) are retried
+                result = retry.call_with_retry(
+                    functools.partial(self.client.infer, self.model, [inp], outputs=[requested]),
+                    self.retry_deadline)
+            except retry.RetryGaveUp as exc:
+                raise self._error(exc) from exc
             outs.append(result.as_numpy(output))
         return np.concatenate(outs)
+
+    def _error(self, gave_up: "retry.RetryGaveUp") -> RtkError:
+        """Say what happened: bad input, overload, a failed model, or a lost server."""
+        kind, msg = gave_up.failure.kind, gave_up.failure.message
+        tried = (f" (still failing after {gave_up.attempts} attempts in {gave_up.elapsed:.1f} s)"
+                 if gave_up.attempts > 1 else "")
+        if kind == retry.BAD_INPUT:
+            return RtkError(f"Triton rejected the input to {self.model}: {msg}",
+                            "Check the images (and the server log of `rtk serve`).")
+        if kind == retry.OVERLOADED:
+            return RtkError(f"Triton is overloaded: {self.model} turned the request away{tried}: "
+                            f"{msg}", "Send fewer requests at once, or give the deployment more "
+                            "capacity (rtk triton --instances, --max-queue-size, --queue-timeout-ms).")
+        if kind == retry.MODEL_DOWN:
+            return RtkError(f"The model's backend on the server failed or is being reloaded{tried}:"
+                            f" {msg}", "Not a problem with the images. `rtk serve` reloads a crashed "
+                            "model within seconds; if it stays down, its log says why.")
+        if kind == retry.UNREACHABLE:
+            return RtkError(f"Lost the connection to Triton at {self.url}{tried}: {msg}", START_HINT)
+        return RtkError(f"The model on the server failed the request to {self.model}: {msg}",
+                        "See the server log of `rtk serve` for the model's error.")
 
     def __call__(self, x) -> np.ndarray:
         """Logits (N, classes) as float32: from image bytes via the ensemble, or NCHW tensors."""

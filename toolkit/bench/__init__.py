@@ -16,18 +16,27 @@ from .system import environment, rss_mb
 PARITY_IMAGES = 64
 
 
-def parity_floor(backend: str) -> float:
-    """Top-1 agreement with PyTorch below which a backend is flagged and not timed.
+def parity_floor(backend: str, precision: str | None = None) -> float:
+    """Confident top-1 agreement with PyTorch below which a backend is flagged and not timed.
 
-    The export gate's agreement floors: INT8 0.95, FP16 0.99; bf16 autocast, coarser than
-    FP16, is held to the INT8 floor; FP32 runtimes to 0.99 (a handful of held-out images).
+    The export gate's agreement floors: INT8 0.95, FP16 0.99; bf16 autocast and bf16 models,
+    coarser than FP16, are held to the INT8 floor; FP32 runtimes to 0.99 (a handful of images).
+    A served model is held to the floor of the precision of the artifact it serves.
     """
     from ..export.gate import Tolerances
 
     tol = Tolerances()
-    if backend in ("onnxruntime-int8", "torch-amp"):
+    if backend in ("onnxruntime-int8", "torch-amp", "torch-half") or precision == "int8":
         return tol.int8_agreement
     return tol.fp16_agreement
+
+
+def agreement(reference: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
+    """(raw, confident) top-1 agreement: flips where the reference was torn do not count."""
+    from ..metrics import parity
+
+    p = parity(reference, logits, reference.argmax(1))
+    return p["agreement"], p["confident_agreement"]
 
 
 @dataclass
@@ -79,10 +88,10 @@ def data_pipeline(bundle: Bundle, n: int = 256) -> dict[str, Any]:
     """Images/s of decode + eval transform, single-threaded and with a thread pool."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..imageio import eval_array, open_rgb
+    from ..imageio import eval_uint8, open_rgb
 
     paths = sample_paths(bundle, n)
-    work = lambda p: eval_array(open_rgb(p), bundle.preprocessing)  # noqa: E731
+    work = lambda p: eval_uint8(open_rgb(p), bundle.preprocessing)  # noqa: E731
     t0 = time.perf_counter()
     for p in paths:
         work(p)
@@ -96,6 +105,22 @@ def data_pipeline(bundle: Bundle, n: int = 256) -> dict[str, Any]:
             f"{workers}_threads_images_per_s": pooled}
 
 
+def gate_of(bundle: Bundle, name: str) -> dict[str, Any]:
+    """The export gate's verdict on the artifact a backend runs (the reference for `torch`)."""
+    from ..backends import backend_class
+
+    artifact = getattr(backend_class(name), "artifact", None)
+    parity = bundle.manifest.get("artifacts", {}).get(artifact, {}).get("parity") if artifact else None
+    if parity:
+        return {"gate_top1": parity["top1"], "gate_agreement": parity["agreement"],
+                "gate_passed": parity["passed"], "gate_n": parity["n"]}
+    rows = bundle.manifest.get("export", {}).get("parity") or [{}]
+    if name == "torch" and "reference_top1" in rows[0]:
+        return {"gate_top1": rows[0]["reference_top1"], "gate_agreement": 1.0, "gate_passed": True,
+                "gate_n": rows[0]["n"]}
+    return {}
+
+
 def bench_backend(bundle: Bundle, name: str, device: str, opts: BenchOptions, images: np.ndarray,
                   reference: np.ndarray, echo: Callable = print) -> list[dict]:
     """Rows for one backend on one device: a reason row, a parity-failed row, or timed rows."""
@@ -104,6 +129,7 @@ def bench_backend(bundle: Bundle, name: str, device: str, opts: BenchOptions, im
     reason = backend_class(name).availability(bundle, device)
     if reason:
         return [row(name, device, None, f"unavailable: {reason}")]
+    gate = gate_of(bundle, name)
     from ..backends import open_backend
 
     try:
@@ -114,14 +140,16 @@ def bench_backend(bundle: Bundle, name: str, device: str, opts: BenchOptions, im
     try:
         with backend:
             logits = np.concatenate([backend(images[i:i + 16]) for i in range(0, len(images), 16)])
-            agreement = float((logits.argmax(1) == reference.argmax(1)).mean())
-            if agreement < parity_floor(name):
-                return [row(name, device, None, f"parity failed: top-1 agreement {agreement:.1%} "
-                            f"with PyTorch (floor {parity_floor(name):.0%})", agreement=agreement)]
+            raw, confident = agreement(reference, logits)
+            if confident < parity_floor(name):
+                return [row(name, device, None, f"parity failed: confident top-1 agreement "
+                            f"{confident:.1%} with PyTorch (floor {parity_floor(name):.0%})",
+                            agreement=raw)]
             for bs in opts.batch_sizes:
                 batch = np.ascontiguousarray(np.resize(images, (bs, *images.shape[1:])))
                 echo(f"  {name:<18} {device:<4} batch {bs:<4}")
-                rows.append(_timed(backend, name, device, bs, batch, opts.timing, agreement))
+                rows.append({**_timed(backend, name, device, bs, batch, opts.timing, raw),
+                             **gate})
     except Exception as exc:  # e.g. torch.compile without a C++ compiler: a row, not a crash
         rows.append(row(name, device, None, f"error: {getattr(exc, 'message', exc)}"[:300]))
     return rows
@@ -138,8 +166,10 @@ def _timed(backend, name, device, bs, batch, timing, agreement) -> dict:
         oom = "out of memory" in str(exc).lower()
         return row(name, device, bs, ("out of memory" if oom else f"error: {exc}")[:200])
     gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+    # Every backend takes the uint8 contract, so a GPU receives exactly the image bytes.
+    h2d = batch[0].nbytes if device == "cuda" else 0
     return row(name, device, bs, "ok", **stats, agreement=agreement, rss_mb=rss_mb(),
-               gpu_peak_mb=gpu_mb)
+               gpu_peak_mb=gpu_mb, h2d_bytes_per_image=h2d)
 
 
 def default_backends() -> list[str]:

@@ -53,14 +53,22 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "## Data pipeline (decode + eval transform)", "",
               ", ".join(f"{k.replace('_', ' ')}: {v:.1f}" if isinstance(v, float) else f"{k}: {v}"
                         for k, v in dp.items()), "", "## Results", "",
-              "| backend | device | batch | images/s | p50 ms | p90 ms | p99 ms | RSS MiB | status |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+              "Gate top-1 and agreement: the export gate's verdict on the backend's artifact on "
+              "the held-out set (n in the manifest); for backends without an artifact, agreement "
+              "is with PyTorch on the parity images. H2D: host-to-device bytes per image.", "",
+              "| backend | device | batch | images/s | gate top-1 | agreement | p50 ms | p90 ms | "
+              "p99 ms | H2D KB/img | RSS MiB | status |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     fmt = lambda v, p=1: "" if v is None else f"{v:.{p}f}"  # noqa: E731
+    pct = lambda v: "" if v is None else f"{v:.2%}"  # noqa: E731
     for r in result["results"]:
         label = r["backend"] + (f" ({r['protocol']}, c={r['concurrency']})" if r.get("protocol") else "")
+        h2d = r.get("h2d_bytes_per_image")
         lines.append(f"| {label} | {r['device']} | {r['batch_size'] or ''} | {fmt(r['throughput'])} | "
+                     f"{pct(r.get('gate_top1'))} | {pct(r.get('gate_agreement', r.get('agreement')))} | "
                      f"{fmt(r['p50_ms'], 2)} | {fmt(r['p90_ms'], 2)} | {fmt(r['p99_ms'], 2)} | "
-                     f"{fmt(r.get('rss_mb'), 0)} | {r['status']} |")
+                     f"{fmt(h2d / 1000 if h2d else None, 0)} | {fmt(r.get('rss_mb'), 0)} | "
+                     f"{r['status']} |")
     side = [(r, m, t) for r in result["results"] if r.get("server")
             for m, t in sorted(r["server"].items())]
     if side:
@@ -86,7 +94,8 @@ def plot_throughput(results: list[dict], path: Path) -> None:
     series: dict[str, list] = {}
     for r in results:
         if r["status"] == "ok" and not r.get("protocol"):
-            series.setdefault(f"{r['backend']} ({r['device']})", []).append(
+            top1 = f", top-1 {r['gate_top1']:.1%}" if r.get("gate_top1") is not None else ""
+            series.setdefault(f"{r['backend']} ({r['device']}{top1})", []).append(
                 (r["batch_size"], r["throughput"]))
     for label, pts in sorted(series.items()):
         pts.sort()
@@ -95,7 +104,8 @@ def plot_throughput(results: list[dict], path: Path) -> None:
     ax.set_xticks(sorted({r["batch_size"] for r in results if r["batch_size"]}))
     ax.get_xaxis().set_major_formatter(plt.ScalarFormatter())
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if series:
+        ax.legend(fontsize=8)
     _save(fig, path)
 
 

@@ -134,7 +134,7 @@ def _sweep_point(bundle, client, protocol: str, url: str, payloads: list[bytes],
 
 def bench_triton(bundle, opts, images, reference, echo: Callable = print) -> dict[str, Any]:
     """Parity through the server, then the sweep per protocol, then the optional soak."""
-    from . import PARITY_IMAGES, parity_floor, row, sample_paths
+    from . import PARITY_IMAGES, agreement, parity_floor, row, sample_paths
 
     paths = sample_paths(bundle, PARITY_IMAGES)
     payloads = [p.read_bytes() for p in paths]
@@ -145,16 +145,20 @@ def bench_triton(bundle, opts, images, reference, echo: Callable = print) -> dic
         try:
             with _open(bundle, protocol, url) as client:
                 logits = client(payloads)
-                agreement = float((logits.argmax(1) == reference.argmax(1)).mean())
-                if agreement < parity_floor("triton"):
-                    rows.append(row("triton", "server", 1, f"parity failed: agreement {agreement:.1%}",
-                                    protocol=protocol, concurrency=None))
+                raw, confident = agreement(reference, logits)
+                served = client.config.get("parameters", {}).get("rtk.artifact", {})
+                artifact = served.get("string_value", "")
+                precision = bundle.manifest["artifacts"].get(artifact, {}).get("precision")
+                if confident < parity_floor("triton", precision):
+                    rows.append(row("triton", "server", 1, f"parity failed: confident agreement "
+                                    f"{confident:.1%} ({artifact})", protocol=protocol,
+                                    concurrency=None))
                     continue
                 sweep = []
                 for c in opts.triton_concurrency:
                     echo(f"  triton {protocol:<4} concurrency {c}")
                     r = _sweep_point(bundle, client, protocol, url, payloads, c,
-                                     opts.timing.duration, agreement)
+                                     opts.timing.duration, raw)
                     rows.append(r)
                     if r["throughput"] is not None:
                         sweep.append(r)

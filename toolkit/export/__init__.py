@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import random
-from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -26,25 +23,14 @@ class ExportOptions:
     format: str = "all"  # onnx | tensorrt | all
     opset: int = 18
     max_batch: int = 64
+    opt_batch: int | None = None  # TensorRT profile's opt batch (default: half of max_batch)
     calib_size: int = 256
     int8_scheme: str = "cpu"  # cpu: uint8 activations (fast in ONNX Runtime); tensorrt: symmetric
+    int8_search: str = "auto"  # auto: search when the first calibration fails its gate; off
+    int8_budget: int = 12  # quantizations the search may try
     data_dir: str | None = None
     device: str = "cpu"  # where the ONNX artifacts are checked
     tolerances: Tolerances = field(default_factory=Tolerances)
-
-
-def calibration_batches(bundle: Bundle, size: int, batch: int = 16, seed: int = 0):
-    """A class-stratified sample of the training split, with the eval transform."""
-    from ..evaluate import batches
-    split = bundle.split()
-    by_class: dict[int, list] = defaultdict(list)
-    for rel, label in split["train"]:
-        by_class[label].append(rel)
-    rng, per_class = random.Random(seed), max(1, size // max(1, len(by_class)))
-    chosen = [rel for label in sorted(by_class)
-              for rel in rng.sample(by_class[label], min(per_class, len(by_class[label])))]
-    root = Path(bundle.manifest["data"]["train_dir"])
-    return batches([root / rel for rel in chosen], bundle.preprocessing, batch), len(chosen)
 
 
 def export(bundle: Bundle, opts: ExportOptions, echo: Callable = print,
@@ -52,9 +38,24 @@ def export(bundle: Bundle, opts: ExportOptions, echo: Callable = print,
     """Make the requested artifacts, gate each one, record all in the manifest.
 
     Returns the parity table; raises GateFailed (after recording) if any artifact failed.
+    Work happens in a staging folder: an error other than a failed gate changes nothing.
     """
+    from .staging import staged
+
+    with staged(bundle) as stage:
+        rows = _export(stage, opts, echo, progress)
+    failed = [r["artifact"] for r in rows if not r["passed"]]
+    if failed:
+        raise GateFailed(f"Accuracy gate failed for {', '.join(failed)}; marked untrusted.",
+                         "See the parity table above. Re-export, or adjust the tolerance flags "
+                         "(--fp32-agreement, --fp16-delta, --int8-delta) if the loss is acceptable.",
+                         exit_code=3)
+    return rows
+
+
+def _export(bundle: Bundle, opts: ExportOptions, echo: Callable, progress: bool) -> list[dict]:
     from .onnx_export import export_onnx, io_spec
-    from .precision import to_fp16, to_int8
+    from .precision import to_fp16
 
     trt_reason = tensorrt_ready()
     if opts.format == "tensorrt" and trt_reason:
@@ -76,12 +77,7 @@ def export(bundle: Bundle, opts: ExportOptions, echo: Callable = print,
                                io=io_spec(bundle.path("model.fp16.onnx")))
         made.append(("model.fp16.onnx", "onnxruntime-fp16", "fp16"))
     if opts.int8:
-        echo(f"Calibrating INT8 on up to {opts.calib_size} training images...")
-        calib, n = calibration_batches(bundle, opts.calib_size)
-        info = to_int8(bundle.path("model.onnx"), bundle.path("model.int8.onnx"), calib,
-                       bundle.manifest["input"]["name"], opts.int8_scheme)
-        bundle.record_artifact("model.int8.onnx", parent="model.onnx", **PENDING, precision="int8",
-                               calibration_images=n, **info)
+        _int8(bundle, opts, echo, search=False)
         made.append(("model.int8.onnx", "onnxruntime-int8", "int8"))
     if opts.fp16 and opts.format in ("tensorrt", "all"):
         if trt_reason:
@@ -90,7 +86,25 @@ def export(bundle: Bundle, opts: ExportOptions, echo: Callable = print,
         else:
             _build_plan(bundle, opts)
             made.append(("model.fp16.plan", "tensorrt", "fp16"))
-    return _gate_all(bundle, made, opts, echo, progress)
+    gate = Gate(bundle, opts, echo, progress)
+    rows = [gate.check(*m) for m in made]
+    int8 = next((i for i, m in enumerate(made) if m[0] == "model.int8.onnx"), None)
+    if int8 is not None and not rows[int8]["passed"] and opts.int8_search == "auto":
+        echo("model.int8.onnx failed its gate: searching for an INT8 configuration that passes...")
+        _int8(bundle, opts, echo, search=True)
+        rows[int8] = gate.check(*made[int8])
+    bundle.manifest["export"] = {"parity": rows, "data": opts.data_dir or "validation split"}
+    bundle.save()
+    return rows
+
+
+def _int8(bundle: Bundle, opts: ExportOptions, echo: Callable, search: bool) -> None:
+    from .int8 import export_int8
+    from .onnx_export import io_spec
+
+    info = export_int8(bundle, opts, echo, search)
+    bundle.record_artifact("model.int8.onnx", parent="model.onnx", **PENDING, precision="int8",
+                           io=io_spec(bundle.path("model.int8.onnx")), **info)
 
 
 def _build_plan(bundle: Bundle, opts: ExportOptions) -> None:
@@ -98,36 +112,34 @@ def _build_plan(bundle: Bundle, opts: ExportOptions) -> None:
 
     crop = bundle.preprocessing["crop"]
     info = build_engine(bundle.path("model.fp16.onnx"), bundle.path("model.fp16.plan"),
-                        bundle.manifest["input"]["name"], (3, crop, crop), opts.max_batch,
-                        cache_path=bundle.path("tensorrt.timing.cache"))
-    bundle.record_artifact("model.fp16.plan", parent="model.fp16.onnx", **PENDING, precision="fp16", **info)
+                        bundle.manifest["input"]["name"], (crop, crop, 3), opts.max_batch,
+                        opt_batch=opts.opt_batch, cache_path=bundle.path("tensorrt.timing.cache"))
+    bundle.record_artifact("model.fp16.plan", parent="model.fp16.onnx", **PENDING, precision="fp16",
+                           io=bundle.manifest["artifacts"]["model.fp16.onnx"]["io"], **info)
 
 
-def _gate_all(bundle: Bundle, made, opts: ExportOptions, echo, progress) -> list[dict]:
-    from ..backends import open_backend
-    from ..evaluate import folder_samples, run_backend, validation_samples
+class Gate:
+    """The accuracy gate for one export: held-out images and the PyTorch reference, computed once."""
 
-    samples = folder_samples(bundle, opts.data_dir) if opts.data_dir else validation_samples(bundle)
-    paths, labels = [p for p, _ in samples], np.array([y for _, y in samples])
-    echo(f"Checking {len(made)} artifact(s) against PyTorch on {len(paths)} held-out images...")
-    with open_backend("torch", bundle, "cpu") as ref_backend:
-        reference = run_backend(ref_backend, paths, bundle.preprocessing, 32, progress)
-    rows = []
-    for artifact, backend, precision in made:
-        device = "cuda" if backend == "tensorrt" else opts.device
-        row = judge(measure(bundle, backend, device, paths, labels, reference, progress),
-                    precision, opts.tolerances)
+    def __init__(self, bundle: Bundle, opts: ExportOptions, echo: Callable, progress: bool):
+        from ..backends import open_backend
+        from ..evaluate import folder_samples, run_backend, validation_samples
+
+        self.bundle, self.opts, self.progress = bundle, opts, progress
+        samples = folder_samples(bundle, opts.data_dir) if opts.data_dir else validation_samples(bundle)
+        self.paths, self.labels = [p for p, _ in samples], np.array([y for _, y in samples])
+        echo(f"Checking artifacts against PyTorch on {len(self.paths)} held-out images...")
+        with open_backend("torch", bundle, "cpu") as ref_backend:
+            self.reference = run_backend(ref_backend, self.paths, bundle.preprocessing, 32, progress)
+
+    def check(self, artifact: str, backend: str, precision: str) -> dict:
+        """Judge one artifact and record the verdict (trusted or not) in the manifest."""
+        device = "cuda" if backend == "tensorrt" else self.opts.device
+        row = judge(measure(self.bundle, backend, device, self.paths, self.labels, self.reference,
+                            self.progress), precision, self.opts.tolerances)
         row["artifact"] = artifact
-        bundle.manifest["artifacts"][artifact].update(
+        self.bundle.manifest["artifacts"][artifact].update(
             trusted=row["passed"], gate="passed" if row["passed"] else "failed",
             parity={k: v for k, v in row.items() if k != "artifact"})
-        rows.append(row)
-    bundle.manifest["export"] = {"parity": rows, "data": opts.data_dir or "validation split"}
-    bundle.save()
-    failed = [r["artifact"] for r in rows if not r["passed"]]
-    if failed:
-        raise GateFailed(f"Accuracy gate failed for {', '.join(failed)}; marked untrusted.",
-                         "See the parity table above. Re-export, or adjust the tolerance flags "
-                         "(--fp32-agreement, --fp16-delta, --int8-delta) if the loss is acceptable.",
-                         exit_code=3)
-    return rows
+        self.bundle.save()
+        return row

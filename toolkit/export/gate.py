@@ -34,12 +34,33 @@ class Tolerances:
 
 
 def judge(row: dict[str, Any], precision: str, tol: Tolerances) -> dict[str, Any]:
-    """Add `rule` and `passed` to a parity row: agreement at least, delta at most, its limit."""
+    """Add `rule`, `passed` and `warnings` to a parity row.
+
+    Agreement is judged on confident flips only (see metrics.parity): an artifact is not
+    refused because the reference was torn between two classes. A damaged graph flips
+    confident answers too, and still fails.
+    """
     limits = tol.limits(precision)
-    ok = all(row[m] >= v if m == "agreement" else row[m] <= v for m, v in limits.items())
+    ok = all(row["confident_agreement"] >= v if m == "agreement" else row[m] <= v
+             for m, v in limits.items())
     rule = ", ".join(f"agree>={v:g}" if m == "agreement" else f"delta<={v:g}"
                      for m, v in limits.items())
-    return {**row, "precision": precision, "rule": rule, "passed": bool(ok)}
+    return {**row, "precision": precision, "rule": rule, "passed": bool(ok),
+            "warnings": resolution_warnings(row["n"], limits)}
+
+
+def resolution_warnings(n: int, limits: dict[str, float]) -> list[str]:
+    """What a held-out set of `n` images cannot resolve: one image moves top-1 by 100/n points."""
+    warnings, step = [], 100.0 / max(1, n)
+    delta = limits.get("top1_delta_points")
+    if delta is not None and step > delta:
+        warnings.append(f"{n} held-out images cannot resolve a {delta:g}-point top-1 tolerance "
+                        f"(one image is {step:.2f} points); gate on a larger set with --data")
+    agree = limits.get("agreement")
+    if agree is not None and n * (1 - agree) < 1:
+        warnings.append(f"with {n} images a single confident flip breaks the {agree:g} agreement "
+                        f"floor (it needs {int(round(1 / (1 - agree)))} images to allow one)")
+    return warnings
 
 
 def measure(bundle, backend_name: str, device: str, paths: Sequence[Path], labels: np.ndarray,

@@ -1,4 +1,8 @@
-"""FP32 ONNX export with a dynamic batch dimension, checked and self-describing."""
+"""FP32 ONNX export with a dynamic batch dimension, checked and self-describing.
+
+The graph takes the contract's uint8 NHWC images (toolkit/contract.py) and normalises them in
+its first ops, so every artifact derived from it (FP16, INT8, TensorRT) does the same.
+"""
 
 from __future__ import annotations
 
@@ -17,16 +21,19 @@ def export_onnx(bundle: Bundle, opset: int = 18, max_batch: int = 64) -> Path:
     """Export model.pt to model.onnx; the batch dimension is symbolic and verified."""
     import torch
 
+    from ..contract import input_spec, with_preprocessing
     from ..model import load_bundle_model
 
     onnx = require("onnx", "onnx")
     require("onnxscript", "onnx")  # the dynamo exporter needs it
     if opset < MIN_OPSET:
         raise RtkError(f"--opset {opset} is too old.", f"Use {MIN_OPSET} or newer (default 18).")
-    model = load_bundle_model(bundle)
+    model = with_preprocessing(load_bundle_model(bundle), bundle.preprocessing)
     crop = bundle.preprocessing["crop"]
-    example = torch.randn(2, 3, crop, crop)
+    example = torch.randint(0, 256, (2, crop, crop, 3), dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
+    # Runs exported by an older rtk recorded float32 NCHW; the contract is set here for them too.
+    bundle.manifest["input"] = input_spec(crop, bundle.manifest["input"]["name"])
     inp, out = bundle.manifest["input"]["name"], bundle.manifest["output"]["name"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

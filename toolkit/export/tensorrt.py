@@ -26,10 +26,15 @@ def gpu_info() -> dict:
     return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
 
 
-def build_engine(onnx_path: Path, plan_path: Path, input_name: str, chw: tuple[int, int, int],
+def build_engine(onnx_path: Path, plan_path: Path, input_name: str, hwc: tuple[int, int, int],
                  max_batch: int, opt_batch: int | None = None, cache_path: Path | None = None,
                  workspace_gib: float = 4.0) -> dict:
-    """Build a strongly typed engine with one optimization profile (1 / opt / max_batch)."""
+    """Build a strongly typed engine with one optimization profile (1 / opt / max_batch).
+
+    The input is the contract's uint8 NHWC image batch (`hwc` without the batch); the graph's
+    own Transpose/Cast/Mul/Add normalise it on the GPU, and its FP16 layers come from the
+    graph (strong typing), so no precision flag is set.
+    """
     trt = require("tensorrt", "gpu")
     info = gpu_info()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -42,9 +47,9 @@ def build_engine(onnx_path: Path, plan_path: Path, input_name: str, chw: tuple[i
                        "Check the opset (--opset) against this TensorRT version.")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
-    opt = opt_batch or max(1, max_batch // 2)
+    opt = min(max_batch, opt_batch or max(1, max_batch // 2))
     profile = builder.create_optimization_profile()
-    profile.set_shape(input_name, (1, *chw), (opt, *chw), (max_batch, *chw))
+    profile.set_shape(input_name, (1, *hwc), (opt, *hwc), (max_batch, *hwc))
     config.add_optimization_profile(profile)
     cache_blob = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
     config.set_timing_cache(config.create_timing_cache(cache_blob), False)

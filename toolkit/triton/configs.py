@@ -36,6 +36,8 @@ class Serving:
     instances: int = 1
     queue_delay_us: int = 100
     parameters: dict[str, str] = field(default_factory=dict)
+    max_queue_size: int = 0  # requests waiting per model; 0 leaves Triton's unbounded queue
+    queue_timeout_us: int = 0  # longest wait in the queue before REJECT; 0: no limit
 
 
 def pb():
@@ -73,10 +75,22 @@ def _schedule(config, serving: Serving, kind: str | None = None) -> None:
                         serving.max_batch})
         config.dynamic_batching.preferred_batch_size.extend(sizes)
         config.dynamic_batching.max_queue_delay_microseconds = serving.queue_delay_us
+    if serving.max_batch >= 1 and (serving.max_queue_size or serving.queue_timeout_us):
+        _queue_policy(config, serving)
     group_kind = {"cpu": mc.ModelInstanceGroup.KIND_CPU,
                   "gpu": mc.ModelInstanceGroup.KIND_GPU}[kind or serving.kind]
     config.instance_group.add(name=f"{config.name}_{kind or serving.kind}", kind=group_kind,
                               count=serving.instances)
+
+
+def _queue_policy(config, serving: Serving) -> None:
+    """Overload fails fast: a full queue or a request that waited too long gets an error now,
+    which a client can retry elsewhere, instead of latency and memory that grow without bound."""
+    policy = config.dynamic_batching.default_queue_policy
+    policy.timeout_action = pb().ModelQueuePolicy.REJECT
+    policy.max_queue_size = serving.max_queue_size
+    policy.default_timeout_microseconds = serving.queue_timeout_us
+    policy.allow_timeout_override = True  # a request may ask for a shorter wait, never longer
 
 
 def _warmup_zero(config, t: Tensor) -> None:
@@ -109,13 +123,13 @@ def classifier(name: str, platform: str, inp: Tensor, out: Tensor, serving: Serv
 
 
 def preprocess(name: str, out: Tensor, serving: Serving, preprocessing: dict[str, Any]):
-    """Python backend: encoded images (BYTES) to the classifier's input tensor."""
+    """Python backend: encoded images (BYTES) to the classifier's uint8 image batch."""
     import json
 
     config = _base(name, serving, [Tensor(IMAGE_INPUT, "object", [1])], [out])
     config.backend = "python"
     config.parameters["preprocessing"].string_value = json.dumps(preprocessing, sort_keys=True)
-    _schedule(config, serving, kind="cpu")
+    _schedule(config, serving)  # KIND_GPU: nvJPEG decoding, the batch stays on the GPU
     warm = config.model_warmup.add(name="sample_image", batch_size=1)
     warm.inputs[IMAGE_INPUT].data_type = _dtype("object")
     warm.inputs[IMAGE_INPUT].dims.append(1)

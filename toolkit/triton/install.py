@@ -30,6 +30,9 @@ def find_tritonserver(workdir: Path) -> Installation:
     """`tritonserver` from PATH when present, else the one inside the nvidia-pytriton wheel."""
     on_path = shutil.which("tritonserver")
     if on_path:
+        # A full install (NGC's image: /opt/tritonserver/bin on PATH) keeps its own default
+        # --backend-directory (/opt/tritonserver/backends) and its own Python backend stub, built
+        # for the image's Python: no flag and no stub environment from rtk.
         return Installation(Path(on_path), "PATH", env=dict(os.environ))
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.origin:

@@ -20,7 +20,8 @@ from . import configs
 from .configs import Serving, Tensor
 
 PLATFORMS = ("onnxruntime", "tensorrt", "python")
-ARTIFACTS = {"onnxruntime": "model.onnx", "python": "model.onnx", "tensorrt": "model.fp16.plan"}
+ONNX_ARTIFACTS = {"onnx": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+PLAN = "model.fp16.plan"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
 HERE = Path(__file__).parent
 
@@ -34,11 +35,28 @@ class RepoOptions:
     platform: str = "onnxruntime"
     kind: str = "cpu"
     max_batch: int | None = None
-    instances: int = 1
+    instances: int | None = None  # None: by cores on CPU (see cpu_layout), 1 on GPU
+    artifact: str | None = None  # onnx | fp16 | int8; None: the best trusted one for the kind
     queue_delay_us: int = 100
     trt_fp16: bool = False  # onnxruntime on GPU: TensorRT execution accelerator in FP16
     target_tensorrt: str | None = None  # tensorrt: the Triton host's TensorRT (default: here)
     target_cc: str | None = None  # tensorrt: the Triton host's GPU compute capability
+    max_queue_size: int | None = None  # None: QUEUE_BATCHES x max batch x instances; 0: unbounded
+    queue_timeout_ms: int = 5000  # longest queue wait before REJECT (see QUEUE_TIMEOUT_MS); 0: none
+
+
+# Queue bounds. A full 64-image batch of ResNet-50 at 224 px takes ~2.5 s in ONNX Runtime on
+# this 2-core CPU (benchmarks/cpu/report.md: 630 ms for 16), milliseconds on a GPU. A 5 s wait
+# covers two such CPU batches, so at capacity nothing times out; a queue of four batches per
+# instance keeps the instances busy, and a burst beyond that is rejected at once, not queued.
+QUEUE_BATCHES = 4
+
+
+def queue_size(opts: RepoOptions, max_batch: int, instances: int = 1) -> int:
+    """The max_queue_size written into each model's dynamic batching queue policy."""
+    if opts.max_queue_size is not None:
+        return opts.max_queue_size
+    return QUEUE_BATCHES * max_batch * instances
 
 
 def model_names(name: str) -> dict[str, str]:
@@ -61,8 +79,11 @@ def _check(opts: RepoOptions) -> None:
         raise RtkError(f"Unknown instance kind {opts.kind!r}.", "Use cpu or gpu.")
     if opts.platform == "tensorrt" and opts.kind != "gpu":
         raise RtkError("TensorRT plans run only on GPU instances.", "Add --kind gpu.")
-    if opts.instances < 1:
+    if opts.instances is not None and opts.instances < 1:
         raise RtkError(f"--instances must be at least 1, got {opts.instances}.", "Use --instances 1.")
+    if (opts.max_queue_size or 0) < 0 or opts.queue_timeout_ms < 0:
+        raise RtkError("--max-queue-size and --queue-timeout-ms cannot be negative.",
+                       "Use 0 for no limit, or leave them out for the defaults.")
 
 
 def _classifier_io(bundle: Bundle, artifact: str) -> tuple[dict, Tensor, Tensor, int]:
@@ -75,7 +96,9 @@ def _classifier_io(bundle: Bundle, artifact: str) -> tuple[dict, Tensor, Tensor,
     (inp,), (out,) = spec["inputs"], spec["outputs"]
     if inp["shape"][0] != -1 or out["shape"][0] != -1:
         raise RtkError(f"{artifact} has a fixed batch dimension.", f"Re-export: rtk export {bundle.root}")
-    limit = entry.get("profile", {}).get("max") if artifact.endswith(".plan") else entry.get("max_batch")
+    parent = bundle.manifest["artifacts"].get(entry.get("parent"), {})
+    limit = entry.get("profile", {}).get("max") if artifact.endswith(".plan") else \
+        entry.get("max_batch") or parent.get("max_batch")
     if not limit:
         raise RtkError(f"The manifest records no batch range for {artifact}.",
                        f"Re-export: rtk export {bundle.root}")
@@ -97,13 +120,48 @@ def _check_plan(entry: dict, opts: RepoOptions) -> None:
                        "--target-cc for that host, or use --platform onnxruntime.")
 
 
+def choose_artifact(bundle: Bundle, opts: RepoOptions) -> str:
+    """The classifier's artifact: --artifact, else INT8 on CPU when its gate trusted it, else FP32."""
+    if opts.platform == "tensorrt":
+        if opts.artifact not in (None, "fp16"):
+            raise RtkError(f"TensorRT serves the FP16 plan, not --artifact {opts.artifact}.",
+                           "Drop --artifact, or use --platform onnxruntime.")
+        return PLAN
+    if opts.artifact is not None:
+        if opts.artifact not in ONNX_ARTIFACTS:
+            raise RtkError(f"Unknown --artifact {opts.artifact!r}.",
+                           f"Use one of: {', '.join(ONNX_ARTIFACTS)}.")
+        return ONNX_ARTIFACTS[opts.artifact]  # refused below if it is not trusted
+    int8 = bundle.manifest.get("artifacts", {}).get(ONNX_ARTIFACTS["int8"], {})
+    if opts.kind == "cpu" and int8.get("trusted") is True:
+        return ONNX_ARTIFACTS["int8"]
+    return ONNX_ARTIFACTS["onnx"]
+
+
+def cpu_layout(opts: RepoOptions) -> tuple[int, int | None]:
+    """(instances, ONNX Runtime threads per instance) for the classifier.
+
+    On CPU, one instance per 4 cores, each with its share of the cores as intra-op threads:
+    instances overlap Python and queueing with compute, and threads beyond a share would only
+    fight each other. On GPU, one instance and the runtime's own threading.
+    """
+    from ..machine import usable_cores
+
+    if opts.kind != "cpu":
+        return opts.instances or 1, None
+    cores = usable_cores()
+    instances = opts.instances or max(1, cores // 4)
+    return instances, max(1, cores // instances)
+
+
 def build_configs(bundle: Bundle, opts: RepoOptions) -> tuple[dict[str, Any], dict[str, Any]]:
     """Protobuf configs of the four models (role -> ModelConfig) and the facts they came from."""
     _check(opts)
     names = model_names(opts.name or default_name(bundle))
-    artifact = ARTIFACTS[opts.platform]
+    artifact = choose_artifact(bundle, opts)
     bundle.artifact(artifact)  # refuses a missing, changed, stale or untrusted artifact
     entry, inp, out, limit = _classifier_io(bundle, artifact)
+    instances, threads = cpu_layout(opts)
     if opts.platform == "tensorrt":
         _check_plan(entry, opts)
     max_batch = opts.max_batch or limit
@@ -114,10 +172,15 @@ def build_configs(bundle: Bundle, opts: RepoOptions) -> tuple[dict[str, Any], di
               "rtk.artifact": artifact, "rtk.artifact_sha256": entry["sha256"]}
 
     def serving(role: str, **extra: str) -> Serving:
-        return Serving(max_batch, opts.kind, opts.instances, opts.queue_delay_us,
-                       {**params, "rtk.role": role, **extra})
+        return Serving(max_batch, opts.kind, instances, opts.queue_delay_us,
+                       {**params, "rtk.role": role, **extra},
+                       max_queue_size=queue_size(opts, max_batch, instances),
+                       queue_timeout_us=opts.queue_timeout_ms * 1000)
 
     extra = {"onnx_file": "model.onnx"} if opts.platform == "python" else {}
+    if threads:  # read by rtk's Python-backend classifier and by Triton's onnxruntime backend
+        extra.update(intra_op_threads=str(threads), intra_op_thread_count=str(threads),
+                     inter_op_thread_count="1")
     made = {
         "classifier": configs.classifier(names["classifier"], opts.platform, inp, out,
                                          serving("classifier", **extra), trt_fp16=opts.trt_fp16),
@@ -126,7 +189,10 @@ def build_configs(bundle: Bundle, opts: RepoOptions) -> tuple[dict[str, Any], di
         "postprocess": configs.postprocess(names["postprocess"], out, serving("postprocess")),
         "ensemble": configs.ensemble(names["ensemble"], names, inp, out, serving("ensemble")),
     }
-    return made, {"artifact": artifact, "max_batch": max_batch, "names": names}
+    return made, {"artifact": artifact, "max_batch": max_batch, "names": names,
+                  "instances": instances, "threads_per_instance": threads,
+                  "max_queue_size": queue_size(opts, max_batch, instances),
+                  "queue_timeout_ms": opts.queue_timeout_ms}
 
 
 def write_repository(bundle: Bundle, opts: RepoOptions, echo: Callable = print) -> dict[str, Any]:
@@ -156,13 +222,15 @@ def _write_model(folder: Path, role: str, config, bundle: Bundle, artifact: str)
     if any(o.label_filename for o in config.output):
         (folder / configs.LABELS).write_text("\n".join(bundle.classes) + "\n")
     if role == "classifier":
-        target = "model.plan" if artifact.endswith(".plan") else "model.onnx"
+        target = "model.plan" if artifact.endswith(".plan") else "model.onnx"  # any precision
         shutil.copyfile(bundle.path(artifact), version / target)
         if config.backend == "python":
             shutil.copyfile(HERE / "classifier_model.py", version / "model.py")
     elif role == "preprocess":
         shutil.copyfile(HERE / "preprocess_model.py", version / "model.py")
         shutil.copyfile(HERE.parent / "imageio.py", version / "imageio.py")
+        if config.instance_group[0].kind == configs.pb().ModelInstanceGroup.KIND_GPU:
+            shutil.copyfile(HERE / "gpu_decode.py", version / "gpu_decode.py")
         (folder / "warmup").mkdir()
         (folder / "warmup" / configs.WARMUP_FILE).write_bytes(
             _warmup_bytes(bundle.preprocessing["crop"]))

@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..errors import RtkError
 from .install import find_tritonserver
@@ -27,6 +27,27 @@ from .repository import verify_repository
 GLOG_PREFIX = re.compile(r'^[IWEF]\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] "?')
 FAILURE_MARKS = ("failed to load", "already in use", "Failed to listen", "failed to start",
                  "error: creating server", "Address in use", "failed to bind")
+REMOTE = re.compile(r"^[a-z][a-z0-9+.-]*://")  # s3://, gs://, as://: Triton fetches these itself
+KILL_AFTER_S = 15  # stop() waits this long past Triton's exit timeout before SIGKILL
+
+
+def is_remote(repo: str | Path) -> bool:
+    """A repository URI that Triton reads itself (cloud storage), not a local folder."""
+    return bool(REMOTE.match(str(repo)))
+
+
+def triton_command(binary: str | Path, repo: str | Path, ports: dict[str, int], address: str,
+                   exit_timeout: int, load_models: Sequence[str] = (), shm_prefix: str = "rtk",
+                   extra: Sequence[str] = ()) -> list[str]:
+    """tritonserver's command line: explicit model control, loading LOAD_MODELS (all if empty)."""
+    return [str(binary), f"--model-repository={repo}",
+            *[f"--{k}-port={v}" for k, v in ports.items()],
+            *[f"--{k}-address={address}" for k in ports],
+            "--disable-auto-complete-config", f"--exit-timeout-secs={exit_timeout}",
+            # Explicit model control loads the chosen models (or all, as the default mode would),
+            # and lets the watchdog unload and reload one whose backend died.
+            "--model-control-mode=explicit", *[f"--load-model={m}" for m in load_models or ["*"]],
+            f"--backend-config=python,shm-region-prefix-name={shm_prefix}", *extra]
 
 
 class TritonServer:
@@ -34,8 +55,11 @@ class TritonServer:
 
     def __init__(self, repo: str | Path, http_port: int = 8000, grpc_port: int = 8001,
                  metrics_port: int = 8002, address: str = "127.0.0.1",
-                 log: Callable[[str], None] | None = None, exit_timeout: int = 10) -> None:
-        self.repo = Path(repo).resolve()
+                 log: Callable[[str], None] | None = None, exit_timeout: int = 10,
+                 heal: bool = True, notify: Callable[[str], None] | None = None,
+                 load_models: Sequence[str] = ()) -> None:
+        self.repo = repo if is_remote(repo) else Path(repo).resolve()
+        self.load_models = list(dict.fromkeys(load_models))  # empty: every model in the repository
         self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
         self.address, self.log, self.exit_timeout = address, log, exit_timeout
         self.lines: collections.deque[str] = collections.deque(maxlen=500)
@@ -43,6 +67,8 @@ class TritonServer:
         self._workdir: Path | None = None
         self._reader: threading.Thread | None = None
         self.source = ""
+        # Reload a model whose backend process died (toolkit.triton.watchdog says why and how).
+        self.heal, self.notify, self.watchdog = heal, notify or log or (lambda _: None), None
 
     @property
     def host(self) -> str:
@@ -55,10 +81,7 @@ class TritonServer:
 
     def start(self, timeout: float = 180.0) -> "TritonServer":
         """Launch tritonserver and block until it is ready (or raise Triton's reason)."""
-        if not self.repo.is_dir():
-            raise RtkError(f"No model repository at {self.repo}.",
-                           "Generate one with: rtk triton RUN_DIR --repo REPO")
-        verify_repository(self.repo)
+        self._check_repository()
         self._check_ports()
         self._workdir = Path(tempfile.mkdtemp(prefix="rtk-triton-"))
         try:
@@ -67,12 +90,9 @@ class TritonServer:
             self.stop()  # removes the work folder
             raise
         self.source = install.source
-        cmd = [str(install.binary), f"--model-repository={self.repo}",
-               *[f"--{k}-port={v}" for k, v in self.ports.items()],
-               *[f"--{k}-address={self.address}" for k in self.ports],
-               "--disable-auto-complete-config", f"--exit-timeout-secs={self.exit_timeout}",
-               f"--backend-config=python,shm-region-prefix-name=rtk{os.getpid()}_{id(self) % 9973}",
-               *install.flags]
+        cmd = triton_command(install.binary, self.repo, self.ports, self.address,
+                             self.exit_timeout, self.load_models,
+                             f"rtk{os.getpid()}_{id(self) % 9973}", install.flags)
         self.proc = subprocess.Popen(cmd, env=install.env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                                      errors="replace", start_new_session=True,
@@ -81,10 +101,32 @@ class TritonServer:
         self._reader.start()
         try:
             self._wait_ready(timeout)
+            if self.heal:
+                self._watch()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _watch(self) -> None:
+        from .watchdog import ModelControl, Watchdog
+
+        control = ModelControl(f"http://{self.host}:{self.ports['http']}")
+        self.watchdog = Watchdog(self.proc.pid, control, self.notify,
+                                 alive=lambda: self.proc.poll() is None).start()
+
+    def _check_repository(self) -> None:
+        """A local repository must parse and hold every model named to load; a remote one is Triton's."""
+        if is_remote(self.repo):
+            return
+        if not self.repo.is_dir():
+            raise RtkError(f"No model repository at {self.repo}.",
+                           "Generate one with: rtk triton RUN_DIR --repo REPO")
+        names = verify_repository(self.repo)
+        missing = [m for m in self.load_models if m != "*" and m not in names]
+        if missing:
+            raise RtkError(f"No model {', '.join(map(repr, missing))} in {self.repo}.",
+                           f"Choose --load-model among: {', '.join(names)}.")
 
     def _check_ports(self) -> None:
         for kind, port in self.ports.items():
@@ -156,10 +198,12 @@ class TritonServer:
 
     def stop(self) -> None:
         """SIGINT (Triton's graceful shutdown), then SIGKILL if it outlives its exit timeout."""
+        if self.watchdog is not None:
+            self.watchdog.stop()  # first: the stubs are about to exit on purpose
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(timeout=self.exit_timeout + 15)
+                self.proc.wait(timeout=self.exit_timeout + KILL_AFTER_S)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # the Python backend stubs too
                 self.proc.wait()

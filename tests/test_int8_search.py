@@ -1,0 +1,103 @@
+"""Accuracy-driven INT8 and an honest gate: CI, near-ties, resolution warnings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import assert_user_error
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def int8_hostile(tiny_data, tmp_path_factory) -> Path:
+    """A well-trained tiny model whose last block emits a quarter of its channels near 1000.
+
+    The classifier ignores those channels (zero weights), so the float graph is as good as
+    before, but a per-tensor INT8 scale stretched to 1000 flattens the small, informative
+    channels: single-shot INT8 fails the gate whatever the calibration method, and only
+    keeping the last block's output in float repairs it.
+    """
+    import torch
+
+    from toolkit.bundle import Bundle
+    from toolkit.train import TrainConfig, fit
+
+    base = tmp_path_factory.mktemp("int8")
+    fit(TrainConfig(data_dir=str(tiny_data), out=str(base / "run"), arch="resnet18",
+                    weights="none", image_size=32, epochs=10, batch_size=4, lr=5e-4,
+                    augment="none", device="cpu", seed=0), progress=False, echo=lambda *_: None)
+    ckpt = torch.load(base / "run" / "model.pt", weights_only=True)
+    sd = ckpt["state_dict"]
+    big = torch.arange(0, sd["fc.weight"].shape[1], 4)
+    sd["layer4.1.bn2.weight"][big] = 0.0
+    sd["layer4.1.bn2.bias"][big] = 1000.0
+    sd["fc.weight"][:, big] = 0.0
+    torch.save(ckpt, base / "run" / "model.pt")
+    Bundle.load(base / "run").record_artifact("model.pt")
+    return base / "run"
+
+
+ARGS = ["--int8", "--calib-size", "16", "--max-batch", "8", "--format", "onnx"]
+
+
+def test_single_shot_int8_fails_its_gate_with_search_off(int8_hostile, tmp_path, cli):
+    root = shutil.copytree(int8_hostile, tmp_path / "run")
+    result = cli("export", root, *ARGS, "--int8-search", "off")
+    assert_user_error(result, "model.int8.onnx")
+    assert result.exit_code == 3
+    entry = json.loads((root / "manifest.json").read_text())["artifacts"]["model.int8.onnx"]
+    assert entry["trusted"] is False and entry["kept_float"] == []
+    assert entry["search"] == {"mode": "off", "trials": [],
+                               "chosen": "minmax, per-channel weights, 16 calibration images"}
+
+
+def test_search_keeps_the_fewest_sensitive_nodes_in_float_and_passes(int8_hostile, tmp_path, cli):
+    root = shutil.copytree(int8_hostile, tmp_path / "run")
+    result = cli("export", root, *ARGS, "--int8-budget", "10")
+    assert result.exit_code == 0, result.output
+    assert "failed its gate: searching" in result.output and "INT8 search: chose" in result.output
+    entry = json.loads((root / "manifest.json").read_text())["artifacts"]["model.int8.onnx"]
+    assert entry["trusted"] is True and entry["parity"]["passed"] is True
+    search = entry["search"]
+    assert 1 <= len(entry["kept_float"]) <= 12  # a handful of nodes, not the network
+    assert "node_linear" in entry["kept_float"] or "node_mean" in entry["kept_float"]
+    assert 2 <= len(search["trials"]) <= 10
+    chosen = [t for t in search["trials"] if t["label"] == search["chosen"]]
+    assert chosen and chosen[-1]["passed"] and chosen[-1]["config"]["exclude"] == entry["kept_float"]
+    assert not search["trials"][0]["passed"]  # the single shot, refused by the held-out gate
+    assert search["speed_images_per_s"]["chosen"] > 0 and "speed_cost" in search
+    # the tolerances were the defaults: nothing was loosened to pass
+    assert entry["parity"]["rule"] == "delta<=1, agree>=0.95"
+
+
+def test_parity_splits_flips_into_ties_and_confident_ones():
+    from toolkit.metrics import parity
+
+    ref = np.array([[5.0, 0.0], [0.51, 0.49], [0.0, 5.0], [4.0, 0.0]])  # row 1: a near-tie
+    cand = np.array([[0.0, 5.0], [0.49, 0.51], [0.0, 5.0], [4.0, 0.0]])  # flips rows 0 and 1
+    row = parity(ref, cand, np.array([0, 0, 1, 0]))
+    assert row["agreement"] == 0.5
+    assert row["flips_confident"] == 1 and row["flips_near_tie"] == 1
+    assert row["confident_agreement"] == 0.75
+    assert row["top1_delta_points"] == 50.0
+    low, high = row["top1_delta_ci95"]
+    assert low < 50.0 < high
+
+
+def test_gate_judges_confident_flips_and_warns_when_n_is_too_small():
+    from toolkit.export.gate import Tolerances, judge
+
+    base = {"n": 50, "top1_delta_points": 0.0, "agreement": 0.9, "confident_agreement": 1.0}
+    row = judge(base, "fp16", Tolerances())
+    assert row["passed"]  # 5 flips, all near-ties
+    assert any("cannot resolve a 0.3-point" in w for w in row["warnings"])
+    refused = judge({**base, "confident_agreement": 0.98}, "fp16", Tolerances())
+    assert not refused["passed"]
+    big = judge({**base, "n": 2000}, "int8", Tolerances())
+    assert big["warnings"] == []

@@ -1,0 +1,265 @@
+"""Accuracy-driven INT8: when one calibration fails, search a bounded space before giving up.
+
+The search is judged on a probe set of *training* images with the export gate's own rule at
+half its slack (agreement with the FP32 graph and top-1 delta; never loosened); the held-out
+set is left to the final gate, so the search cannot overfit the images that decide trust. Order, cheapest
+first: calibration method and per-channel weights, a larger calibration set, then layer-wise
+fallback, which keeps the fewest, most sensitive nodes in float (ranked by how much of each
+activation's per-channel signal its quantization destroys, measured in one pass).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..errors import require
+from ..metrics import parity
+from .gate import Tolerances, judge
+
+METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    """One point of the search space."""
+
+    method: str = "minmax"
+    per_channel: bool = True
+    calib_size: int = 256
+    exclude: tuple[str, ...] = ()
+
+    def label(self) -> str:
+        kept = f", {len(self.exclude)} node(s) in float" if self.exclude else ""
+        return (f"{self.method}, {'per-channel' if self.per_channel else 'per-tensor'} weights, "
+                f"{self.calib_size} calibration images{kept}")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Training images (uint8), their labels and the FP32 graph's logits on them."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    reference: np.ndarray
+
+
+@dataclass
+class Search:
+    """Everything a trial needs; `quantize(cfg, dst, cache)` writes one INT8 graph."""
+
+    quantize: Callable[[Int8Config, Path, Path | None], dict]
+    probe: Probe
+    input_name: str
+    tolerances: Tolerances
+    work: Path
+    prepared: Path  # the float graph that was quantized (for the sensitivity analysis)
+    max_trials: int = 12
+    max_calib: int = 1024
+    echo: Callable = print
+    trials: list = None
+
+    def run(self, cfg: Int8Config) -> dict:
+        """Quantize with `cfg`, judge it on the probe set, remember the result."""
+        path = self.work / f"trial{len(self.trials)}.onnx"
+        cache = self.work / f"calib-{cfg.method}-{cfg.calib_size}.json"
+        start = time.perf_counter()
+        info = self.quantize(cfg, path, cache if _has_cache_option() else None)
+        logits = _run(path, self.input_name, self.probe.images)
+        row = judge(parity(self.probe.reference, logits, self.probe.labels), "int8",
+                    stricter(self.tolerances))
+        trial = {"config": {**asdict(cfg), "exclude": list(cfg.exclude)}, "label": cfg.label(),
+                 "passed": row["passed"], "agreement": row["agreement"],
+                 "confident_agreement": row["confident_agreement"],
+                 "top1_delta_points": row["top1_delta_points"],
+                 "seconds": round(time.perf_counter() - start, 1), "path": path, "info": info}
+        self.trials.append(trial)
+        self.echo(f"  INT8 trial {len(self.trials)}: {cfg.label()}: agreement "
+                  f"{row['agreement']:.2%}, delta {row['top1_delta_points']:+.2f} pts -> "
+                  f"{'PASS' if row['passed'] else 'fail'}")
+        return trial
+
+    @property
+    def exhausted(self) -> bool:
+        return len(self.trials) >= self.max_trials
+
+
+def stricter(tol: Tolerances, share: float = 0.5) -> Tolerances:
+    """The gate's INT8 limits with only `share` of their slack: the probe is another sample of
+    images than the held-out set, so a configuration that only just passes there may not."""
+    return replace(tol, int8_top1_delta=tol.int8_top1_delta * share,
+                   int8_agreement=1 - (1 - tol.int8_agreement) * share)
+
+
+def _score(trial: dict) -> tuple:
+    return (trial["passed"], trial["confident_agreement"], -trial["top1_delta_points"])
+
+
+def search(s: Search, first: Int8Config) -> dict:
+    """The chosen trial (passing if any did) after at most `s.max_trials` quantizations."""
+    s.trials = []
+    best = s.run(first)
+    # Searching means this configuration already failed the held-out gate: never choose it.
+    best.update(passed=False, note="failed the held-out gate")
+    candidates = [replace(first, method=m) for m in METHODS if m != first.method]
+    candidates.append(replace(first, per_channel=not first.per_channel))
+    for cfg in candidates:
+        if s.exhausted:
+            return best
+        best = max(best, s.run(cfg), key=_score)
+        if best["passed"]:
+            return best
+    base = Int8Config(**{**best["config"], "exclude": ()})
+    if base.calib_size * 2 <= s.max_calib and not s.exhausted:
+        best = max(best, s.run(replace(base, calib_size=base.calib_size * 2)), key=_score)
+        if best["passed"]:
+            return best
+        base = Int8Config(**{**best["config"], "exclude": ()})
+    return _fallback(s, base, best)
+
+
+def _fallback(s: Search, base: Int8Config, best: dict) -> dict:
+    """Keep the top-k most sensitive nodes in float, k = 1, 2, 4...; then the fewest that pass."""
+    trial = next(t for t in s.trials if Int8Config(**{**t["config"], "exclude": ()}) == base
+                 and not t["config"]["exclude"])
+    groups = sensitive_groups(trial["path"], s.prepared, s.input_name, s.probe.images[:8])
+    s.echo(f"  Most sensitive activations: {', '.join(g['tensor'] for g in groups[:5])}")
+    passing, failing_k, k = None, 0, 1
+    while k <= len(groups) and not s.exhausted:
+        result = s.run(replace(base, exclude=_nodes(groups[:k])))
+        best = max(best, result, key=_score)
+        if result["passed"]:
+            passing = (k, result)
+            break
+        failing_k, k = k, k * 2
+    if passing is None:
+        return best
+    low, (high, chosen) = failing_k, passing
+    while high - low > 1 and not s.exhausted:  # the fewest groups that still pass
+        mid = (low + high) // 2
+        result = s.run(replace(base, exclude=_nodes(groups[:mid])))
+        if result["passed"]:
+            high, chosen = mid, result
+        else:
+            low = mid
+    return chosen
+
+
+def _nodes(groups: list[dict]) -> tuple[str, ...]:
+    return tuple(sorted({n for g in groups for n in g["nodes"]}))
+
+
+def sensitive_groups(qdq_path: Path, float_path: Path, input_name: str,
+                     images: np.ndarray) -> list[dict]:
+    """Quantized activations ranked by the share of their channels that quantization destroys.
+
+    Each activation of the *float* graph is quantized and dequantized with the scale and zero
+    point the INT8 graph gives it, so a tensor's score is its own error, not one inherited from
+    layers upstream. The error is measured channel by channel relative to the channel's own
+    magnitude and averaged: one per-tensor scale that a few large channels stretch flattens the
+    small ones, which an error relative to the whole tensor (SQNR) hides. Each group names the
+    nodes to keep in float so that the activation stays unquantized.
+    """
+    onnx = require("onnx", "onnx")
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(qdq_path)).graph
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    consumers: dict[str, list] = {}
+    producer: dict[str, str] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+        for name in node.output:
+            producer[name] = node.name
+    quantized = {}  # activation -> (scale, zero point, nodes that keep it in float)
+    for q in graph.node:
+        if q.op_type != "QuantizeLinear" or q.input[0] in consts:
+            continue
+        users = [n.name for dq in consumers.get(q.output[0], []) if dq.op_type == "DequantizeLinear"
+                 for n in consumers.get(dq.output[0], [])
+                 if n.op_type not in ("QuantizeLinear", "DequantizeLinear")]
+        nodes = [n for n in [producer.get(q.input[0]), *users] if n]
+        quantized[q.input[0]] = (consts[q.input[1]], consts[q.input[2]], nodes)
+    if not quantized:
+        return []
+    names = sorted(quantized)
+    model = onnx.load(str(float_path))
+    known = {o for n in model.graph.node for o in n.output}
+    names = [n for n in names if n in known]
+    for name in names:
+        model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
+                                                                     None))
+    tapped = qdq_path.with_suffix(".tapped.onnx")
+    onnx.save(model, str(tapped))
+    try:
+        values = dict(zip(names, _run(tapped, input_name, images, names)))
+    finally:
+        tapped.unlink()
+    groups = []
+    for name in names:
+        scale, zero, nodes = quantized[name]
+        info = np.iinfo(zero.dtype)
+        x = values[name]
+        y = (np.clip(np.round(x / scale) + zero.astype(np.float64), info.min, info.max)
+             - zero.astype(np.float64)) * scale
+        groups.append({"tensor": name, "score": _channel_error(x, y), "nodes": nodes})
+    return sorted(groups, key=lambda g: -g["score"])
+
+
+def _channel_error(x: np.ndarray, y: np.ndarray) -> float:
+    """Mean over channels of ||y_c - x_c|| / ||x_c|| (near-silent channels count as exact)."""
+    if x.ndim < 2:
+        return 0.0
+    c = x.shape[1]
+    xs = np.moveaxis(x, 1, 0).reshape(c, -1).astype(np.float64)
+    ys = np.moveaxis(y, 1, 0).reshape(c, -1).astype(np.float64)
+    norm = np.linalg.norm(xs, axis=1)
+    live = norm > 1e-3 * max(norm.max(), 1e-12)
+    err = np.linalg.norm(ys - xs, axis=1)[live] / norm[live]
+    return float(np.minimum(err, 1.0).mean()) if live.any() else 0.0
+
+
+def _session(path: Path):
+    ort = require("onnxruntime", "onnx")
+    from ..backends.ort import session_options
+
+    return ort.InferenceSession(str(path), sess_options=session_options(),
+                                providers=["CPUExecutionProvider"])
+
+
+def _run(path: Path, input_name: str, images: np.ndarray, outputs=None, batch: int = 32):
+    """Outputs of an ONNX graph on uint8 images, batched (first output unless named)."""
+    session = _session(path)
+    chunks = [session.run(outputs, {input_name: images[i:i + batch]})
+              for i in range(0, len(images), batch)]
+    merged = [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
+    return merged if outputs else merged[0]
+
+
+def images_per_second(path: Path, input_name: str, images: np.ndarray, seconds: float = 2.0) -> float:
+    """A short local timing at batch 8 (the speed cost of nodes kept in float)."""
+    session = _session(path)
+    batch = np.ascontiguousarray(np.resize(images, (8, *images.shape[1:])))
+    session.run(None, {input_name: batch})
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        session.run(None, {input_name: batch})
+        n += 8
+    return n / (time.perf_counter() - start)
+
+
+def _has_cache_option() -> bool:
+    """onnxruntime >= 1.32 caches calibration ranges: fallback trials then skip calibration."""
+    q = require("onnxruntime.quantization", "onnx")
+    return "calibration_cache_path" in inspect.signature(q.quantize_static).parameters
+
+
+def batches_of(images: np.ndarray, batch: int = 16) -> Iterator[np.ndarray]:
+    for i in range(0, len(images), batch):
+        yield images[i:i + batch]

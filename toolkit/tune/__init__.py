@@ -1,0 +1,145 @@
+"""`rtk tune`: the fastest trusted Triton deployment whose p99 latency meets a budget.
+
+Candidates come from the bundle (trusted artifacts only: accuracy is settled by the export
+gate before speed is looked at), are walked by coordinate ascent (space.py) and measured on
+one real Triton server (measure.py). The pick is the highest throughput with p99 within the
+budget at some concurrency; the default deployment of `rtk triton` is measured in the same
+run, so the gain is a ratio from one machine and one session.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..bundle import Bundle
+from ..errors import RtkError
+from .space import Candidate, coordinate_ascent, space_for
+
+ARTIFACT_KEYS = {"model.onnx": "onnx", "model.fp16.onnx": "fp16", "model.int8.onnx": "int8"}
+
+
+@dataclass
+class TuneOptions:
+    p99_ms: float
+    kind: str = "cpu"
+    platform: str | None = None  # None: python on cpu (the local server's backend), onnxruntime on gpu
+    budget_minutes: float = 5.0
+    concurrency: list[int] = field(default_factory=lambda: [1, 4, 8])
+    seconds: float = 5.0  # per (candidate, concurrency) point
+    out: str = "tune"
+    repo: str = "model_repository"
+    name: str | None = None
+
+
+def trusted_artifacts(bundle: Bundle) -> list[str]:
+    """The ONNX artifacts whose export gate passed (the only ones worth timing)."""
+    found = [key for name, key in ARTIFACT_KEYS.items()
+             if bundle.manifest.get("artifacts", {}).get(name, {}).get("trusted") is True]
+    if not found:
+        raise RtkError(f"{bundle.root} has no trusted ONNX artifact to deploy.",
+                       f"Export and gate one first: rtk export {bundle.root} --int8")
+    return found
+
+
+def tune(bundle: Bundle, opts: TuneOptions, echo: Callable = print) -> dict[str, Any]:
+    """Search, measure, pick, write the winner's repository; returns the report object."""
+    from ..machine import usable_cores
+    from ..triton import RepoOptions
+    from ..triton.repository import build_configs
+    from .measure import Bench
+
+    if opts.p99_ms <= 0:
+        raise RtkError(f"--p99-ms must be positive, got {opts.p99_ms}.", "Pass e.g. --p99-ms 200.")
+    platform = opts.platform or ("python" if opts.kind == "cpu" else "onnxruntime")
+
+    def options(c: Candidate, repo: str) -> RepoOptions:
+        return RepoOptions(repo=repo, name=opts.name, platform=platform, kind=opts.kind,
+                           max_batch=c.max_batch, instances=c.instances,
+                           queue_delay_us=c.queue_delay_us, artifact=c.artifact)
+
+    _, facts = build_configs(bundle, RepoOptions(name=opts.name, platform=platform, kind=opts.kind))
+    default = Candidate(ARTIFACT_KEYS[facts["artifact"]], facts["max_batch"], facts["instances"],
+                        RepoOptions().queue_delay_us)
+    space = space_for(trusted_artifacts(bundle), facts["max_batch"], usable_cores())
+    measured: dict[Candidate, list[dict]] = {}
+    started, deadline = time.monotonic(), time.monotonic() + 60 * opts.budget_minutes
+    bench = Bench(bundle, options, opts.concurrency, opts.seconds, echo)
+
+    def score(c: Candidate) -> float:
+        if c not in measured:
+            echo(f"  candidate {len(measured) + 1}: {c.label()}")
+            measured[c] = bench.measure(c)
+        return objective(measured[c], opts.p99_ms)
+
+    def out_of_time() -> bool:  # stop before a candidate that would end past the budget
+        per = (time.monotonic() - started) / max(1, len(measured))
+        return time.monotonic() + per > deadline
+
+    try:
+        bench.start(default)
+        coordinate_ascent(space, default, score, out_of_time)
+    finally:
+        bench.close()
+    result = decide(measured, default, opts.p99_ms)
+    result.update(elapsed_s=round(time.monotonic() - started, 1), budget_minutes=opts.budget_minutes,
+                  platform=platform, kind=opts.kind)
+    if result["chosen"]:
+        from ..triton import write_repository
+
+        c = result["chosen"]
+        summary = write_repository(bundle, options(Candidate(c["artifact"], c["max_batch"],
+                                                             c["instances"], c["queue_delay_us"]),
+                                                   opts.repo), echo=echo)
+        result["repository"] = summary["repo"]
+        result["serve"] = f"rtk serve {summary['repo']}"
+    return result
+
+
+def objective(rows: list[dict], budget: float) -> float:
+    """Best throughput within the budget; below zero (minus the lowest p99) when none is."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    within = [r["throughput"] for r in ok if r["p99_ms"] <= budget]
+    if within:
+        return max(within)
+    return -min((r["p99_ms"] for r in ok), default=float("inf"))
+
+
+FIELDS = ("artifact", "max_batch", "instances", "queue_delay_us", "concurrency", "throughput",
+          "p50_ms", "p99_ms", "status", "server")
+
+
+def _brief(r: dict) -> dict:
+    return {k: r.get(k) for k in FIELDS}
+
+
+def decide(measured: dict[Candidate, list[dict]], default: Candidate, budget: float) -> dict:
+    """The report object: every point, the default deployment's best point, and the pick."""
+    points = [_brief(r) for rows in measured.values() for r in rows]
+    ok = [p for p in points if p["status"] == "ok"]
+    within = [p for p in ok if p["p99_ms"] <= budget]
+
+    def best(rows: list[dict]) -> dict | None:
+        fits = [r for r in rows if r["status"] == "ok" and r["p99_ms"] <= budget]
+        if fits:
+            return max(fits, key=lambda r: r["throughput"])
+        return min((r for r in rows if r["status"] == "ok"), key=lambda r: r["p99_ms"], default=None)
+
+    chosen = max(within, key=lambda p: p["throughput"]) if within else None
+    default_point = best([_brief(r) for r in measured.get(default, [])])
+    result = {"p99_budget_ms": budget, "candidates": points, "default": default_point,
+              "chosen": chosen, "candidates_measured": len(measured)}
+    if chosen is None:
+        lowest = min(ok, key=lambda p: p["p99_ms"], default=None)
+        result["verdict"] = (f"No candidate meets p99 <= {budget:g} ms"
+                             + (f"; the lowest p99 was {lowest['p99_ms']:.1f} ms" if lowest else ""))
+        result["lowest_p99"] = lowest
+    else:
+        gain = (chosen["throughput"] / default_point["throughput"]
+                if default_point and default_point["status"] == "ok"
+                and default_point["p99_ms"] <= budget else None)
+        result["speedup_vs_default"] = gain
+        result["verdict"] = (f"{chosen['throughput']:.1f} images/s at concurrency "
+                             f"{chosen['concurrency']} with p99 {chosen['p99_ms']:.1f} ms")
+    return result

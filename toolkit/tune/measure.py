@@ -1,0 +1,88 @@
+"""Measure candidate deployments on one real Triton server, reloading models between them.
+
+The server runs in explicit model-control mode on a private repository. For each candidate
+rtk rewrites the repository with `rtk triton`'s own writer and asks Triton to load the four
+models again (its repository API reloads a model whose files changed), so no restart is
+needed between candidates. Each point is a concurrency: client images/s and p50/p99 from the
+load generator of `rtk bench`, queue and compute time from Triton's statistics.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..bundle import Bundle
+from ..errors import RtkError
+from .space import Candidate
+
+LOAD_ORDER = ("preprocess", "classifier", "postprocess", "ensemble")
+
+
+class Bench:
+    """A Triton server on a scratch repository; `measure(candidate)` gives its rows."""
+
+    def __init__(self, bundle: Bundle, options: Callable[[Candidate, str], Any],
+                 concurrency: list[int], seconds: float, echo: Callable = print):
+        self.bundle, self.options, self.echo = bundle, options, echo
+        self.concurrency, self.seconds = concurrency, seconds
+        self._tmp = tempfile.TemporaryDirectory(prefix="rtk-tune-")
+        self.repo = Path(self._tmp.name) / "repo"
+        self.server = self.client = self.control = None
+
+    def start(self, first: Candidate) -> "Bench":
+        from ..bench import sample_paths
+        from ..triton import write_repository
+        from ..triton.server import TritonServer, free_port
+        from ..triton.watchdog import ModelControl
+
+        self.names = write_repository(self.bundle, self.options(first, str(self.repo)),
+                                      echo=lambda *_: None)["names"]
+        ports = [free_port() for _ in range(3)]
+        self.server = TritonServer(self.repo, *ports, heal=False).start()
+        self.control = ModelControl(f"http://{self.server.endpoints['http']}")
+        self.payloads = [p.read_bytes() for p in sample_paths(self.bundle, 32)]
+        self.loaded = first
+        return self
+
+    def measure(self, candidate: Candidate) -> list[dict[str, Any]]:
+        """One row per concurrency (or one row saying why the candidate could not be measured)."""
+        from ..bench import row
+
+        try:
+            self._load(candidate)
+        except RtkError as exc:
+            return [row("triton", "server", None, f"load failed: {exc.message}"[:300],
+                        **candidate.describe())]
+        from ..bench.triton import _open, _sweep_point
+
+        url = self.server.endpoints["grpc"]
+        rows = []
+        with _open(self.bundle, "grpc", url) as client:
+            for c in self.concurrency:
+                r = _sweep_point(self.bundle, client, "grpc", url, self.payloads, c, self.seconds,
+                                 agreement=None)
+                rows.append({**r, **candidate.describe()})
+        return rows
+
+    def _load(self, candidate: Candidate) -> None:
+        from ..triton import write_repository
+
+        if candidate == self.loaded:
+            return
+        start = time.perf_counter()
+        write_repository(self.bundle, self.options(candidate, str(self.repo)), echo=lambda *_: None)
+        self.loaded = None  # until every model has loaded again
+        for role in LOAD_ORDER:
+            ok, message = self.control.load(self.names[role])
+            if not ok:
+                raise RtkError(f"Triton could not load {self.names[role]}: {message}")
+        self.loaded = candidate
+        self.echo(f"    loaded in {time.perf_counter() - start:.1f} s")
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        self._tmp.cleanup()
