@@ -2,8 +2,9 @@
 
 This file is also copied into the Triton preprocessing model, so it must not import
 torch or anything from rtk: the served transform is the very code used everywhere else.
-It reproduces torchvision's Resize(short side, bilinear, antialias) + CenterCrop +
-ToTensor + Normalize on PIL images.
+It reproduces torchvision's Resize(short side, bilinear, antialias) + CenterCrop on PIL
+images; `eval_uint8` is what every artifact takes (they normalise inside, see
+toolkit/contract.py) and `eval_array` adds ToTensor + Normalize for training.
 """
 
 from __future__ import annotations
@@ -57,9 +58,14 @@ def resize_crop(img: Image.Image, resize: int, crop: int) -> Image.Image:
     return img.crop((left, top, left + crop, top + crop))
 
 
+def eval_uint8(img: Image.Image, pre: dict) -> np.ndarray:
+    """The served input: an RGB image resized and center-cropped, as an HxWx3 uint8 array."""
+    return np.ascontiguousarray(np.asarray(resize_crop(img, pre["resize"], pre["crop"]),
+                                           dtype=np.uint8))
+
+
 def eval_array(img: Image.Image, pre: dict) -> np.ndarray:
-    """The evaluation transform: an RGB image to a normalized float32 CHW array."""
-    img = resize_crop(img, pre["resize"], pre["crop"])
-    arr = np.asarray(img, dtype=np.float32) / 255.0
+    """The evaluation transform for training: `eval_uint8` normalized to a float32 CHW array."""
+    arr = eval_uint8(img, pre).astype(np.float32) / 255.0
     arr = (arr - np.asarray(pre["mean"], np.float32)) / np.asarray(pre["std"], np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
