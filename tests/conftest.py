@@ -158,6 +158,25 @@ def rtk_process():
         proc.communicate()
 
 
+def interrupt_training(monkeypatch, epoch: int = 2, step: int = 2):
+    """Ctrl-C after batch `step` of epoch `epoch` of the next fit; returns the real epoch loop."""
+    from toolkit import session
+
+    real, calls = session.train_one_epoch, []
+
+    def interrupted(*args, on_batch, **kwargs):
+        calls.append(1)
+
+        def hook(done, *rest):
+            on_batch(done, *rest)
+            if len(calls) == epoch and done == step:
+                raise KeyboardInterrupt
+        return real(*args, on_batch=hook, **kwargs)
+
+    monkeypatch.setattr(session, "train_one_epoch", interrupted)
+    return real
+
+
 def assert_user_error(result, *fragments: str) -> None:
     """A clean user error: non-zero exit, Error: and Hint: lines, the fragments, no traceback."""
     text = result.output if hasattr(result, "output") else result

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY_TRAIN, assert_user_error
+from conftest import TINY_TRAIN, assert_user_error, interrupt_training
 
 from toolkit import checkpoint
 from toolkit.errors import RtkError
@@ -230,19 +230,7 @@ def test_mid_epoch_interrupt_resumes_exactly(tiny_data, tmp_path, uninterrupted,
     """Ctrl-C after batch 2 of epoch 2: the resumed run skips exactly the batches done."""
     from toolkit import session
 
-    real = session.train_one_epoch
-    calls = []
-
-    def interrupt_in_epoch_2(*args, on_batch, **kwargs):
-        calls.append(1)
-
-        def hook(step, *rest):
-            on_batch(step, *rest)
-            if len(calls) == 2 and step == 2:
-                raise KeyboardInterrupt
-        return real(*args, on_batch=hook, **kwargs)
-
-    monkeypatch.setattr(session, "train_one_epoch", interrupt_in_epoch_2)
+    real = interrupt_training(monkeypatch, epoch=2, step=2)
     _interrupted(lambda: _fit(tiny_data, tmp_path / "run"))
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert (saved["epoch"], saved["step"]) == (1, 2)

@@ -11,7 +11,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, interrupt_training
 from PIL import Image
 
 from toolkit.batch_transforms import (EvalBatch, TrainBatch, color_jitter, crop_boxes,
@@ -302,18 +302,7 @@ def test_gpu_path_resumes_mid_epoch_exactly(tiny_data, tmp_path, monkeypatch):
                         augment="standard", **kw), progress=False, echo=lambda *_: None)
 
     run(tmp_path / "ref")
-    real, calls = session.train_one_epoch, []
-
-    def interrupt_in_epoch_2(*args, on_batch, **kwargs):
-        calls.append(1)
-
-        def hook(step, *rest):
-            on_batch(step, *rest)
-            if len(calls) == 2 and step == 2:
-                raise KeyboardInterrupt
-        return real(*args, on_batch=hook, **kwargs)
-
-    monkeypatch.setattr(session, "train_one_epoch", interrupt_in_epoch_2)
+    real = interrupt_training(monkeypatch, epoch=2, step=2)
     with pytest.raises(RtkError, match="Interrupted during epoch 2"):
         run(tmp_path / "run")
     monkeypatch.setattr(session, "train_one_epoch", real)

@@ -21,7 +21,7 @@ def urls(http: str, grpc: str | None = None) -> dict[str, str]:
     return {"http": f"{host}:{port}", "grpc": grpc or f"{host}:{int(port) + 1}"}
 
 
-def _open(bundle, protocol: str, url: str):
+def open_client(bundle, protocol: str, url: str):
     from ..backends import open_backend
 
     return open_backend("triton", bundle, "cpu", url=url, protocol=protocol, send_bytes=True)
@@ -44,7 +44,7 @@ def load(bundle, protocol: str, url: str, payloads: list[bytes], concurrency: in
 
     def worker(i: int) -> None:
         try:
-            clients[i] = _open(bundle, protocol, url)
+            clients[i] = open_client(bundle, protocol, url)
         except Exception as exc:  # noqa: BLE001 - a client that cannot connect is a failure
             failures[i] += 1
             errors.append(getattr(exc, "message", str(exc)))
@@ -113,8 +113,8 @@ def server_rss_mb() -> float | None:
     return sum(sizes) if sizes else None
 
 
-def _sweep_point(bundle, client, protocol: str, url: str, payloads: list[bytes], concurrency: int,
-                 seconds: float, agreement: float) -> dict[str, Any]:
+def sweep_point(bundle, client, protocol: str, url: str, payloads: list[bytes], concurrency: int,
+                seconds: float, agreement: float) -> dict[str, Any]:
     """One row of the sweep: client latency and throughput next to Triton's own timings."""
     from . import row
 
@@ -143,7 +143,7 @@ def bench_triton(bundle, opts, images, reference, echo: Callable = print) -> dic
     for protocol in opts.triton_protocols:
         url = endpoints[protocol]
         try:
-            with _open(bundle, protocol, url) as client:
+            with open_client(bundle, protocol, url) as client:
                 logits = client(payloads)
                 raw, confident = agreement(reference, logits)
                 served = client.config.get("parameters", {}).get("rtk.artifact", {})
@@ -157,7 +157,7 @@ def bench_triton(bundle, opts, images, reference, echo: Callable = print) -> dic
                 sweep = []
                 for c in opts.triton_concurrency:
                     echo(f"  triton {protocol:<4} concurrency {c}")
-                    r = _sweep_point(bundle, client, protocol, url, payloads, c,
+                    r = sweep_point(bundle, client, protocol, url, payloads, c,
                                      opts.timing.duration, raw)
                     rows.append(r)
                     if r["throughput"] is not None:

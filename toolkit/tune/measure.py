@@ -56,13 +56,13 @@ class Bench:
         except RtkError as exc:
             return [row("triton", "server", None, f"load failed: {exc.message}"[:300],
                         **candidate.describe())]
-        from ..bench.triton import _open, _sweep_point
+        from ..bench.triton import open_client, sweep_point
 
         url = self.server.endpoints["grpc"]
         rows = []
-        with _open(self.bundle, "grpc", url) as client:
+        with open_client(self.bundle, "grpc", url) as client:
             for c in self.concurrency:
-                r = _sweep_point(self.bundle, client, "grpc", url, self.payloads, c, self.seconds,
+                r = sweep_point(self.bundle, client, "grpc", url, self.payloads, c, self.seconds,
                                  agreement=None)
                 rows.append({**r, **candidate.describe()})
         return rows
