@@ -19,8 +19,9 @@ from .precision import prepare_for_int8, to_int8
 PROBE_MAX, PROBE_MIN = 512, 64
 
 
-def stratified_order(bundle: Bundle, seed: int = 0) -> list[Path]:
-    """Training images interleaved class by class (each class shuffled): any prefix is balanced."""
+def stratified_order(bundle: Bundle, seed: int = 0) -> list[tuple[Path, int]]:
+    """(path, label) of the training images interleaved class by class (each class shuffled):
+    any prefix is balanced."""
     by_class: dict[int, list[str]] = {}
     for rel, label in bundle.split()["train"]:
         by_class.setdefault(label, []).append(rel)
@@ -28,30 +29,27 @@ def stratified_order(bundle: Bundle, seed: int = 0) -> list[Path]:
     for rels in by_class.values():
         rng.shuffle(rels)
     root = Path(bundle.manifest["data"]["train_dir"])
-    mixed = chain.from_iterable(zip_longest(*(by_class[k] for k in sorted(by_class))))
-    return [root / rel for rel in mixed if rel is not None]
+    mixed = chain.from_iterable(zip_longest(*([(root / rel, k) for rel in by_class[k]]
+                                               for k in sorted(by_class))))
+    return [item for item in mixed if item is not None]
 
 
-def _load(paths: list[Path], pre: dict) -> np.ndarray:
+def _load(samples: list[tuple[Path, int]], pre: dict) -> np.ndarray:
     from ..evaluate import batches
 
-    return np.concatenate(list(batches(paths, pre, 64)))
+    return np.concatenate(list(batches([p for p, _ in samples], pre, 64)))
 
 
-def _probe(bundle: Bundle, order: list[Path], reserved: int) -> tuple[Probe, bool]:
+def _probe(bundle: Bundle, order: list[tuple[Path, int]], reserved: int) -> tuple[Probe, bool]:
     """Training images the calibration never sees (all of them when too few are left)."""
-    from ..backends.ort import session_options  # noqa: F401 - fail early without onnxruntime
     from .int8_search import _run
 
     rest = order[reserved:]
     overlap = len(rest) < PROBE_MIN
-    paths = (order if overlap else rest)[:PROBE_MAX]
-    labels_of = {str(Path(bundle.manifest["data"]["train_dir"]) / rel): y
-                 for rel, y in bundle.split()["train"]}
-    images = _load(paths, bundle.preprocessing)
+    samples = (order if overlap else rest)[:PROBE_MAX]
+    images = _load(samples, bundle.preprocessing)
     reference = _run(bundle.path("model.onnx"), bundle.manifest["input"]["name"], images)
-    labels = np.array([labels_of[str(p)] for p in paths])
-    return Probe(images, labels, reference), overlap
+    return Probe(images, np.array([y for _, y in samples]), reference), overlap
 
 
 def export_int8(bundle: Bundle, opts, echo: Callable = print, searching: bool = False) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -62,7 +62,7 @@ class Search:
     max_trials: int = 12
     max_calib: int = 1024
     echo: Callable = print
-    trials: list = None
+    trials: list = field(default_factory=list)
 
     def run(self, cfg: Int8Config) -> dict:
         """Quantize with `cfg`, judge it on the probe set, remember the result."""

@@ -97,13 +97,21 @@ def tune(bundle: Bundle, opts: TuneOptions, echo: Callable = print) -> dict[str,
     return result
 
 
+def best_point(rows: list[dict], budget: float) -> dict | None:
+    """The highest throughput within the budget, else the lowest p99 (None: nothing worked)."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    within = [r for r in ok if r["p99_ms"] <= budget]
+    if within:
+        return max(within, key=lambda r: r["throughput"])
+    return min(ok, key=lambda r: r["p99_ms"], default=None)
+
+
 def objective(rows: list[dict], budget: float) -> float:
     """Best throughput within the budget; below zero (minus the lowest p99) when none is."""
-    ok = [r for r in rows if r["status"] == "ok"]
-    within = [r["throughput"] for r in ok if r["p99_ms"] <= budget]
-    if within:
-        return max(within)
-    return -min((r["p99_ms"] for r in ok), default=float("inf"))
+    r = best_point(rows, budget)
+    if r is None:
+        return float("-inf")
+    return r["throughput"] if r["p99_ms"] <= budget else -r["p99_ms"]
 
 
 FIELDS = ("artifact", "max_batch", "instances", "queue_delay_us", "concurrency", "throughput",
@@ -120,14 +128,8 @@ def decide(measured: dict[Candidate, list[dict]], default: Candidate, budget: fl
     ok = [p for p in points if p["status"] == "ok"]
     within = [p for p in ok if p["p99_ms"] <= budget]
 
-    def best(rows: list[dict]) -> dict | None:
-        fits = [r for r in rows if r["status"] == "ok" and r["p99_ms"] <= budget]
-        if fits:
-            return max(fits, key=lambda r: r["throughput"])
-        return min((r for r in rows if r["status"] == "ok"), key=lambda r: r["p99_ms"], default=None)
-
     chosen = max(within, key=lambda p: p["throughput"]) if within else None
-    default_point = best([_brief(r) for r in measured.get(default, [])])
+    default_point = best_point([_brief(r) for r in measured.get(default, [])], budget)
     result = {"p99_budget_ms": budget, "candidates": points, "default": default_point,
               "chosen": chosen, "candidates_measured": len(measured)}
     if chosen is None:
