@@ -106,12 +106,34 @@ def export_cast_orders(folder: Path, size: int) -> dict[str, Path]:
     return dict(sorted(paths.items()))  # each previous graph next to its new one
 
 
+def prefix_graphs(folder: Path, size: int) -> dict[str, Path]:
+    """The two orders of the first two ops alone (uint8 NHWC -> float32 NCHW)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    paths = {}
+    for order in ORDERS:
+        ops = [helper.make_node("Transpose", ["a"], ["b"], perm=[0, 3, 1, 2]),
+               helper.make_node("Cast", ["b"], ["c"], to=TensorProto.FLOAT)]
+        if order == ORDERS[1]:
+            ops = [helper.make_node("Cast", ["a"], ["b"], to=TensorProto.FLOAT),
+                   helper.make_node("Transpose", ["b"], ["c"], perm=[0, 3, 1, 2])]
+        graph = helper.make_graph(ops, order, [helper.make_tensor_value_info(
+            "a", TensorProto.UINT8, ["n", size, size, 3])], [helper.make_tensor_value_info(
+                "c", TensorProto.FLOAT, ["n", 3, size, size])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        paths[f"prefix {order}"] = folder / f"prefix_{order}.onnx"
+        onnx.save(model, str(paths[f"prefix {order}"]))
+    return paths
+
+
 def cast_order(args) -> None:
     """The --cast-order run: new over previous graph, FP32 and INT8, in one interleaved run."""
     args.cast_order.mkdir(parents=True, exist_ok=True)
     images = np.random.default_rng(0).integers(0, 256, (args.batch, args.size, args.size, 3),
                                                dtype=np.uint8)
     paths = export_cast_orders(args.cast_order, args.size)
+    paths.update(prefix_graphs(args.cast_order, args.size))
     rates = interleaved({k: (p, images) for k, p in paths.items()}, args.batch, args.rounds,
                         args.seconds, args.threads, abba=True)
     medians = {k: float(np.median(v)) for k, v in rates.items()}
@@ -119,14 +141,17 @@ def cast_order(args) -> None:
     # each round, then take the median of those ratios.
     ratios = {p: [round(new / old, 3) for new, old in zip(rates[f"{p} {ORDERS[1]}"],
                                                           rates[f"{p} {ORDERS[0]}"])]
-              for p in ("fp32", "int8")}
+              for p in ("fp32", "int8", "prefix")}
     result = {"date": time.strftime("%Y-%m-%d"), "model": "resnet50 (random init)",
               "batch": args.batch, "image_size": args.size, "threads": args.threads,
               "seconds_per_turn": args.seconds, "onnxruntime": _ort_version(),
               "images_per_s": {k: {"median": medians[k], "rounds": v} for k, v in rates.items()},
               "cast_then_transpose_over_transpose_then_cast": {
                   p: {"median_of_round_ratios": float(np.median(v)), "round_ratios": v}
-                  for p, v in ratios.items()}}
+                  for p, v in ratios.items()},
+              # what the first two ops cost per batch: the most the order can move a graph
+              "prefix_ms_per_batch": {o: round(1000 * args.batch / medians[f"prefix {o}"], 2)
+                                      for o in ORDERS}}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

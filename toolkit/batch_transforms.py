@@ -99,8 +99,9 @@ class Normalize:
     """uint8 (or 0..255 float) NCHW -> normalised float32 channels_last, in the order
     toolkit.imageio.eval_array uses (/255, -mean, /std): bitwise equal on CPU (tested).
 
-    Every divisor is a tensor on x's device: CUDA computes x / (CPU scalar) as x * (1/scalar),
-    one ulp off NumPy on 126 of the 256 byte values; a device tensor gets a true division."""
+    Every divisor is a tensor on x's device: CUDA computes x / (CPU scalar) as x * (1/scalar)
+    (ATen BinaryDivTrueKernel.cu), one ulp off NumPy on 126 of the 256 byte values; a device
+    tensor gets a true division. UNVERIFIED on a GPU here: the `gpu` test checks it."""
 
     def __init__(self, pre: dict[str, Any]):
         self.mean, self.std, self._consts = pre["mean"], pre["std"], {}
