@@ -9,24 +9,34 @@
 # train_step_images_per_s, data_pipeline_images_per_s {cpu, gpu}, git_commit (+ the stages).
 # Files in OUT_DIR: run.log, <stage>.json for pipeline, finetune, step, parity, inference;
 # results.json (7 files).
-#   data      8,000 generated 256 px JPEGs in 10 classes (not kept)
-#   pipeline  decode + standard augmentation alone: PIL in workers vs nvJPEG + batched
+#   data      12,000 generated 256 px JPEGs in 10 classes (not kept)
+#   pipeline  decode + standard augmentation alone: PIL in workers vs nvJPEG + batched; 100
+#             batches timed after the workers' num_workers x prefetch_factor prefetched ones
 #   finetune  rtk finetune, ResNet-50, 224 px, batch 64, 4 epochs; mean img/s of epochs 2-4
 #   step      the training step alone (compiled bf16) and the plain eager-FP32 reference
+#             (TF32 off: strict FP32)
 #   parity    eval inputs of the GPU path vs the CPU path, top-1 agreement of the run's model
 #   inference torch-half (fp16, CUDA graphs) and torch-amp from uint8 host arrays, bs 1/64/256
 #             (benchmarks/gpu_inference.py; inference_best_images_per_s, _backend, bs1 p50)
-# git_commit: `git rev-parse HEAD`, else $RTK_GIT_COMMIT, else the file benchmarks/GIT_COMMIT.
+# git_commit: $RTK_GIT_COMMIT, else `git rev-parse HEAD`, else the file benchmarks/GIT_COMMIT,
+# which `benchmarks/gpu_run.sh --stamp` writes in a checkout: run it before copying the tree
+# to a machine without its .git (the copy then carries the commit).
 set -uo pipefail
-OUT=${1:?usage: benchmarks/gpu_run.sh OUT_DIR}
-cd "$(dirname "$0")/.."
+OUT=${1:?usage: benchmarks/gpu_run.sh OUT_DIR | --stamp}
+HERE=$(cd "$(dirname "$0")" && pwd)
+if [[ $OUT == --stamp ]]; then
+    git -C "$HERE" rev-parse HEAD >"$HERE/GIT_COMMIT" && cat "$HERE/GIT_COMMIT"
+    exit
+fi
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # absolute before the cd below
+cd "$HERE/.."
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 LOG=$OUT/run.log
 BUDGET_S=${BUDGET_S:-400}
-COMMIT=$(git rev-parse HEAD 2>/dev/null || echo "${RTK_GIT_COMMIT:-$(cat benchmarks/GIT_COMMIT 2>/dev/null)}")
+COMMIT=${RTK_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || cat benchmarks/GIT_COMMIT 2>/dev/null)}
+[[ -n $COMMIT ]] || echo "== no commit: no .git, RTK_GIT_COMMIT or benchmarks/GIT_COMMIT" >>"$LOG"
 
 stage() {  # stage NAME TIMEOUT_S CMD...: CMD under timeout, its output appended to run.log
     local name=$1 limit=$2 left=$((BUDGET_S - SECONDS - 15))  # 15 s kept for the merge
@@ -42,8 +52,8 @@ stage() {  # stage NAME TIMEOUT_S CMD...: CMD under timeout, its output appended
 TT=(python3 benchmarks/train_throughput.py --arch resnet50 --image-size 224 --batch-size 64
     --device "${DEVICE:-cuda}" --data "$WORK/data")  # DEVICE=cpu: a smoke test of this script
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >>"$LOG" 2>&1
-stage data 60 "${TT[@]}" --stage data --make-jpegs 8000
-stage pipeline 90 "${TT[@]}" --stage pipeline --steps 40 --json "$OUT/pipeline.json"
+stage data 60 "${TT[@]}" --stage data --make-jpegs 12000  # 160+ batches of 64 for pipeline
+stage pipeline 90 "${TT[@]}" --stage pipeline --steps 100 --json "$OUT/pipeline.json"
 stage finetune 200 "${TT[@]}" --stage finetune --epochs 4 --bundle "$WORK/run" \
     --json "$OUT/finetune.json"
 stage step 120 "${TT[@]}" --stage step --steps 40 --warmup-steps 5 --json "$OUT/step.json"

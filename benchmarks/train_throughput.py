@@ -1,12 +1,15 @@
 """Training throughput, in stages (one process each in benchmarks/gpu_run.sh):
 
-- step (default): rtk's training step against a plain torchvision eager-FP32 loop, on the
-  same decoded batches, model, batch size and machine, one after the other. rtk's step is
+- step (default): rtk's training step against a plain torchvision eager-FP32 loop (TF32
+  off, so FP32 means FP32 on Ampere and later), on the same decoded batches, model, batch
+  size and machine, one after the other. rtk's step is
   toolkit.loop.train_one_epoch with the runtime `rtk finetune` picks (bf16/fp16 autocast,
   channels_last; torch.compile and fused AdamW on CUDA). Writes a JSON and a Markdown line
   under --out, or the JSON alone to --json.
 - pipeline: the input pipeline alone, no model: PIL decode + augmentation in DataLoader
   workers ("cpu"), and byte-reading workers + nvJPEG + batched augmentation ("gpu", CUDA only).
+  The clock starts after num_workers x prefetch_factor batches (what the workers decoded
+  before the first one was asked for), then times --steps batches (about 100).
 - finetune: `rtk finetune` end to end (toolkit.train.fit) for --epochs; images/s per epoch
   and the mean over the epochs after the first (which holds torch.compile's warm-up).
 
@@ -17,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import time
@@ -39,8 +43,20 @@ def loader(samples, pre, batch, steps):
     return [b for b in itertools.islice(itertools.cycle(dl), steps)]  # decoded once, reused
 
 
+@contextlib.contextmanager
+def strict_fp32():
+    """TF32 off for cuDNN convolutions and matmuls: cuDNN runs convolutions in TF32 by
+    default (torch.backends.cudnn.allow_tf32), so "FP32" would otherwise be TF32."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def plain_loop(model, batches):
-    """What a typical torchvision script does: eager FP32, NCHW, SGD step."""
+    """What a typical torchvision script does: eager FP32 (strict_fp32), NCHW, AdamW step."""
     opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
     crit = torch.nn.CrossEntropyLoss()
     model.train()
@@ -86,8 +102,9 @@ def step_stage(args) -> dict:
     compile_ = args.device == "cuda"
 
     model = torchvision.models.get_model(args.arch, num_classes=10).to(args.device)
-    plain_loop(model, warm)
-    plain = timed(lambda: plain_loop(model, timed_batches), n, args.device)
+    with strict_fp32():
+        plain_loop(model, warm)
+        plain = timed(lambda: plain_loop(model, timed_batches), n, args.device)
 
     model = torchvision.models.get_model(args.arch, num_classes=10).to(args.device)
     rtk_loop(model, warm, args.device, compile_)  # the same module keeps compiled graphs warm
@@ -100,22 +117,36 @@ def step_stage(args) -> dict:
     fast = timed(run, n, args.device)
     return {"plain_eager_fp32_images_per_s": plain, "rtk_images_per_s": fast,
             "train_step_images_per_s": fast, "speedup": fast / plain,
-            "rtk_amp_dtype": str(rt.amp_dtype), "compile": compile_}
+            "rtk_amp_dtype": str(rt.amp_dtype), "compile": compile_,
+            "plain_tf32": False}
 
 
-def _rate(batches, n_batches: int, device: str) -> float:
-    """Images/s over `n_batches` after a first one (worker start-up is not the pipeline)."""
+def warmup_batches(loader) -> int:
+    """Batches the workers have decoded before the first is asked for, at most: the first
+    num_workers x prefetch_factor come from the queue, not at the pipeline's rate."""
+    workers = getattr(loader, "num_workers", 0)
+    return max(1, workers * (getattr(loader, "prefetch_factor", None) or 0))
+
+
+def _rate(batches, n_batches: int, device: str, skip: int) -> dict:
+    """Images/s over `n_batches` after `skip` (worker start-up and prefetch are not the
+    pipeline's rate); refuses a loader too short to time them all."""
     it = iter(batches)
-    next(it)
+    for _ in range(skip):
+        next(it)
     if device == "cuda":
         torch.cuda.synchronize()
-    t, images = time.perf_counter(), 0
+    t, images, timed_ = time.perf_counter(), 0, 0
     for _, (x, y) in zip(range(n_batches), it):
         x = x.to(device, non_blocking=True)
-        images += len(y)
+        images, timed_ = images + len(y), timed_ + 1
     if device == "cuda":
         torch.cuda.synchronize()
-    return images / (time.perf_counter() - t)
+    if timed_ < n_batches:
+        raise SystemExit(f"only {timed_} of {n_batches} batches after skipping {skip}: "
+                         "give --data more images (--make-jpegs)")
+    return {"images_per_s": images / (time.perf_counter() - t), "skipped_batches": skip,
+            "timed_batches": timed_}
 
 
 def pipeline_stage(args) -> dict:
@@ -128,8 +159,10 @@ def pipeline_stage(args) -> dict:
     pre = recipe(image_size=args.image_size)
     common = {"shuffle": True, "device": args.device, "seed": 0, "drop_last": True}
     cpu_ds = ImageDataset(samples, train_transform(pre, args.augment))
-    cpu = _rate(make_loader(cpu_ds, args.batch_size, **common), args.steps, args.device)
-    result = {"data_pipeline_images_per_s": {"cpu": cpu, "gpu": None}, "augment": args.augment,
+    cpu_loader = make_loader(cpu_ds, args.batch_size, **common)
+    cpu = _rate(cpu_loader, args.steps, args.device, warmup_batches(cpu_loader))
+    result = {"data_pipeline_images_per_s": {"cpu": cpu.pop("images_per_s"), "gpu": None},
+              "timing": {"cpu": cpu}, "augment": args.augment,
               "workers": loader_settings(args.device)["num_workers"]}
     if args.device != "cuda":
         result["gpu_note"] = "no CUDA device: nvJPEG not measured"
@@ -137,7 +170,9 @@ def pipeline_stage(args) -> dict:
     byte_loader = make_loader(ByteDataset(samples), args.batch_size, collate_fn=collate,
                               random_workers=False, **common)
     gpu = DeviceLoader(byte_loader, TrainBatch(pre, args.augment), args.device)
-    result["data_pipeline_images_per_s"]["gpu"] = _rate(gpu.batches(), args.steps, args.device)
+    rate = _rate(gpu.batches(), args.steps, args.device, warmup_batches(byte_loader))
+    result["data_pipeline_images_per_s"]["gpu"] = rate.pop("images_per_s")
+    result["timing"]["gpu"] = rate
     return result
 
 
@@ -174,8 +209,9 @@ def parity_stage(args) -> dict:
     samples = scan_folder(args.data).samples[: args.steps * args.batch_size]
     pre = recipe(image_size=args.image_size)
     model = torchvision.models.get_model(args.arch, num_classes=10)
-    if args.bundle and (Path(args.bundle) / "model.pt").is_file():
-        model.load_state_dict(load(Path(args.bundle) / "model.pt")["state_dict"])
+    trained = trained_checkpoint(args.bundle)
+    if trained is not None:
+        model.load_state_dict(load(trained)["state_dict"])
     model = model.to(args.device).eval()
     byte_loader = make_loader(ByteDataset(samples), args.batch_size, shuffle=False,
                               device=args.device, seed=0, collate_fn=collate,
@@ -192,7 +228,18 @@ def parity_stage(args) -> dict:
     return {"eval_parity": {"images": len(samples), "max_abs_diff": worst,
                             "mean_abs_diff": total / len(samples),
                             "top1_agreement": agree / len(samples),
-                            "trained_model": bool(args.bundle)}}
+                            "trained_model": trained is not None}}
+
+
+def trained_checkpoint(bundle: str | None) -> Path | None:
+    """model.pt of a fine-tuning run that completed, else None: a failed or timed-out
+    `finetune` stage leaves a run folder, perhaps a model.pt, but status "training"."""
+    manifest = Path(bundle or "") / "manifest.json"
+    if not bundle or not manifest.is_file():
+        return None
+    if json.loads(manifest.read_text()).get("status") != "complete":
+        return None
+    return manifest.parent / "model.pt"
 
 
 def _jpeg(task) -> None:
@@ -228,7 +275,8 @@ def main() -> None:
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=12, help="Timed steps (batches for pipeline).")
+    ap.add_argument("--steps", type=int, default=12,
+                    help="Timed steps (batches for pipeline: about 100).")
     ap.add_argument("--warmup-steps", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=3, help="finetune stage.")
     ap.add_argument("--augment", default="standard", help="pipeline and finetune stages.")
@@ -263,7 +311,7 @@ def write_step_report(result: dict, out: Path) -> None:
     (out / "train_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     plain, fast = result["plain_eager_fp32_images_per_s"], result["rtk_images_per_s"]
     line = (f"{result['arch']} {result['image_size']}px batch {result['batch_size']} on "
-            f"{result['device']}: plain eager FP32 {plain:.1f} img/s, rtk "
+            f"{result['device']}: plain eager FP32 (no TF32) {plain:.1f} img/s, rtk "
             f"({result['rtk_amp_dtype']}, channels_last"
             f"{', compile' if result['compile'] else ''}) {fast:.1f} img/s: {fast / plain:.2f}x")
     env = result["environment"]

@@ -79,3 +79,54 @@ def test_an_artifact_from_before_the_contract_is_refused_with_a_re_export(export
     assert_user_error(cli("eval", root, "--backend", "onnxruntime-int8"), "older rtk",
                       "rtk export")
     assert cli("eval", root, "--backend", "torch").exit_code == 0  # model.pt is unaffected
+
+
+def uint8_readers(path) -> list[str]:
+    """'op_type name' of every node other than Cast or Shape that reads a UINT8 tensor."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    graph, uint8 = model.graph, onnx.TensorProto.UINT8
+    typed = list(graph.input) + list(graph.value_info) + list(graph.output)
+    names = {v.name for v in typed if v.type.tensor_type.elem_type == uint8}
+    names |= {t.name for t in graph.initializer if t.data_type == uint8}
+    return [f"{n.op_type} {n.name}" for n in graph.node
+            if n.op_type not in ("Cast", "Shape") and names.intersection(n.input)]
+
+
+@pytest.fixture(scope="module")
+def tensorrt_int8(exported, tmp_path_factory):
+    """The `--int8-scheme tensorrt` graph, made by rtk export's own INT8 step."""
+    import shutil
+
+    from toolkit.bundle import Bundle
+    from toolkit.export import ExportOptions
+    from toolkit.export.int8 import export_int8
+
+    root = shutil.copytree(exported, tmp_path_factory.mktemp("trt_int8") / "run")
+    bundle = Bundle.load(root)
+    export_int8(bundle, ExportOptions(int8=True, int8_scheme="tensorrt", calib_size=16),
+                echo=lambda *_: None)
+    return bundle.path("model.int8.onnx")
+
+
+@pytest.mark.parametrize("graph", ["model.onnx", "model.fp16.onnx", "tensorrt int8"])
+def test_only_a_cast_reads_the_uint8_images_in_every_tensorrt_bound_graph(exported, tensorrt_int8,
+                                                                          graph):
+    # TensorRT takes UINT8 only as a network input converted by a Cast (DataType.UINT8 docs).
+    path = tensorrt_int8 if graph == "tensorrt int8" else exported / graph
+    assert uint8_readers(path) == []
+
+
+def test_the_uint8_check_finds_a_transpose_before_the_cast(tmp_path):
+    """The graph exported before issue 16 (Transpose, then Cast) fails the check above."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Transpose", ["images"], ["t"], name="tr", perm=[0, 3, 1, 2]),
+             helper.make_node("Cast", ["t"], ["out"], name="cast", to=TensorProto.FLOAT)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "images", TensorProto.UINT8, [1, 2, 2, 3])], [helper.make_tensor_value_info(
+            "out", TensorProto.FLOAT, [1, 3, 2, 2])])
+    onnx.save(helper.make_model(graph), str(tmp_path / "old.onnx"))
+    assert uint8_readers(tmp_path / "old.onnx") == ["Transpose tr"]

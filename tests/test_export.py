@@ -57,7 +57,7 @@ def test_every_onnx_artifact_takes_uint8_images_and_normalises_first(exported, n
     assert isinstance(dims[0], str) and dims[1:] == [32, 32, 3]  # NHWC, symbolic batch
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     consumers = [n.op_type for n in model.graph.node if inp.name in n.input]
-    assert consumers in (["Transpose"], ["Cast"]), consumers  # layout/scale first, then the net
+    assert consumers == ["Cast"], consumers  # cast, layout, scale, then the net (TensorRT)
 
 
 def test_fp16_graph_is_half_inside(exported):
@@ -231,3 +231,29 @@ def test_tensorrt_code_uses_no_removed_api(source):
     used = [api for api in REMOVED_TRT_APIS if api in code.replace("build_engine(onnx", "")]
     assert not used, f"{source} uses APIs removed in TensorRT 10/11: {used}"
     assert "build_serialized_network" in code or "execute_async_v3" in code
+
+
+class _FakeContext:
+    """An execution context whose enqueue succeeds or fails as told."""
+
+    def __init__(self, ok: bool):
+        self.ok, self.calls = ok, []
+
+    def execute_async_v3(self, stream_handle):
+        self.calls.append(stream_handle)
+        return self.ok
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_a_failed_tensorrt_enqueue_is_an_error_not_garbage_logits(ok):
+    """execute_async_v3 returns False when enqueue fails (its output buffer stays unwritten)."""
+    from toolkit.backends.tensorrt import enqueue
+    from toolkit.errors import RtkError
+
+    context = _FakeContext(ok)
+    if ok:
+        enqueue(context, 1234, 8)
+    else:
+        with pytest.raises(RtkError, match="failed to enqueue a batch of 8"):
+            enqueue(context, 1234, 8)
+    assert context.calls == [1234]

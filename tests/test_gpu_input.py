@@ -329,3 +329,91 @@ def test_cuda_path_matches_the_cpu_tensors(real_images):
     x = TrainBatch(PRE, "heavy")(gpu_decoded, torch.Generator().manual_seed(0))
     assert x.is_cuda and x.shape == (len(jpegs), 3, 32, 32)
     assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+class _FakeStream:
+    """Stands in for torch.cuda.current_stream(): records when the host waited on it."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def synchronize(self):
+        self.log.append("drain")
+
+
+def _recording_decode_jpeg(log):
+    """torchvision's CPU decode_jpeg, recording each call's inputs (any `device` ignored)."""
+    import torchvision.io
+
+    real = torchvision.io.decode_jpeg
+
+    def decode_jpeg(data, mode, device=None):
+        log.append(("decode", [t.numpy().tobytes() for t in data]))
+        return real(data, mode=mode)
+
+    return decode_jpeg
+
+
+def test_the_stream_is_drained_before_the_batched_nvjpeg_decode(files, monkeypatch):
+    """pytorch/vision PR #9606: nvJPEG's private stream does not wait for ours, so the host
+    waits first. The fake stream only shows the order of calls; the race needs a GPU."""
+    import torchvision.io
+
+    log = []
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _FakeStream(log))
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", _recording_decode_jpeg(log))
+    payloads = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in files[:2]]
+    decode(payloads, "cuda")
+    assert [e if e == "drain" else e[0] for e in log] == ["drain", "decode"]
+
+
+def _triton_gpu_decoder(monkeypatch, log):
+    """toolkit/triton/gpu_decode.py loaded as Triton loads it, running on CPU tensors."""
+    import importlib.util
+    from pathlib import Path
+
+    import toolkit.imageio
+
+    path = Path(toolkit.imageio.__file__).parent / "triton" / "gpu_decode.py"
+    spec = importlib.util.spec_from_file_location("rtk_gpu_decode", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "decode_jpeg", _recording_decode_jpeg(log))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _FakeStream(log))
+    decoder = module.GpuDecoder(0, PRE, toolkit.imageio)
+    decoder.device = torch.device("cpu")
+    return decoder
+
+
+def test_triton_gpu_preprocessing_sends_nvjpeg_what_training_does(monkeypatch):
+    """One rule (gpu_decodable) in both places; the stream drained first; a tensor (with
+    __dlpack__, so Triton's python backend syncs streams), not a bare DLPack capsule."""
+    from toolkit.imageio import eval_uint8
+
+    log = []
+    decoder = _triton_gpu_decoder(monkeypatch, log)
+    datas = [make() for make, _ in KINDS.values()]
+    out = decoder.batch(datas, lambda d: eval_uint8(open_rgb(d), PRE))
+    assert log[0] == "drain" and log[1][0] == "decode"
+    assert log[1][1] == [d for d, (_, to_gpu) in zip(datas, KINDS.values()) if to_gpu]
+    assert isinstance(out, torch.Tensor) and hasattr(out, "__dlpack__")
+    assert out.dtype == torch.uint8 and tuple(out.shape) == (len(datas), 32, 32, 3)
+    for i, (_, to_gpu) in enumerate(KINDS.values()):
+        if not to_gpu:  # the CPU transform's pixels, exactly
+            assert np.array_equal(out[i].numpy(), eval_uint8(open_rgb(datas[i]), PRE))
+
+
+def test_normalize_divides_by_device_tensors_not_a_host_scalar(monkeypatch):
+    """CUDA turns x / (CPU scalar) into x * (1 / scalar), one ulp off on 126 byte values; a
+    device tensor divisor keeps the division true (the CUDA result needs a GPU to check)."""
+    from toolkit.batch_transforms import Normalize
+
+    divisors, real = [], torch.Tensor.div_
+    monkeypatch.setattr(torch.Tensor, "div_", lambda self, other: divisors.append(other)
+                        or real(self, other))
+    x = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(1, 3, 16, 16)
+    Normalize(PRE)(x)
+    assert len(divisors) == 2
+    assert all(isinstance(d, torch.Tensor) and d.device == x.device for d in divisors)
+    v = np.arange(256, dtype=np.float32)  # why: the reciprocal differs from NumPy's division
+    assert (v * np.float32(1 / 255) != v / np.float32(255)).sum() == 126

@@ -1,10 +1,12 @@
 """Batched tensor transforms for the GPU input path; they run on any device.
 
-`EvalBatch` is the evaluation transform of toolkit.imageio, bit for bit: Pillow's fixed-point
-bilinear resize done as two float64 matrix products (exact: every product and sum is an
-integer below 2**53). `TrainBatch` applies one of the card's augmentation levels
-(toolkit.preprocess.AUGMENT) to a whole batch at once. The tests run both on CPU tensors;
-on CUDA they are unverified by the test suite (benchmarks/gpu_run.sh measures them).
+`EvalBatch` is the evaluation transform of toolkit.imageio, bit for bit on the same pixels:
+Pillow's fixed-point bilinear resize done as two float64 matrix products (exact: every product
+and sum is an integer below 2**53), then IEEE division and subtraction by device tensors. The
+tests run both on CPU tensors; on CUDA the bitwise claim is UNVERIFIED here (no GPU; the `gpu`
+test in tests/test_gpu_input.py asserts it). Pixels nvJPEG decodes differ from libjpeg's (see
+imageio.gpu_decodable). `TrainBatch` applies one of the card's augmentation levels
+(toolkit.preprocess.AUGMENT) to a whole batch at once.
 """
 
 from __future__ import annotations
@@ -95,7 +97,11 @@ def resize_crop_exact(img, new_h: int, new_w: int, top: int, left: int, crop: in
 
 class Normalize:
     """uint8 (or 0..255 float) NCHW -> normalised float32 channels_last, in the order
-    toolkit.imageio.eval_array uses (/255, -mean, /std), so the results are bitwise equal."""
+    toolkit.imageio.eval_array uses (/255, -mean, /std): bitwise equal on CPU (tested).
+
+    Every divisor is a tensor on x's device: CUDA computes x / (CPU scalar) as x * (1/scalar)
+    (ATen BinaryDivTrueKernel.cu), one ulp off NumPy on 126 of the 256 byte values; a device
+    tensor gets a true division. UNVERIFIED on a GPU here: the `gpu` test checks it."""
 
     def __init__(self, pre: dict[str, Any]):
         self.mean, self.std, self._consts = pre["mean"], pre["std"], {}
@@ -106,10 +112,10 @@ class Normalize:
         key = str(x.device)
         if key not in self._consts:  # built once per device, not copied to it every batch
             self._consts[key] = [torch.tensor(v, dtype=torch.float32, device=x.device)
-                                 .view(1, 3, 1, 1) for v in (self.mean, self.std)]
-        mean, std = self._consts[key]
+                                 .view(-1, 1, 1) for v in ([255.0], self.mean, self.std)]
+        full, mean, std = self._consts[key]
         x = x.contiguous(memory_format=torch.channels_last).to(torch.float32, copy=True)
-        return x.div_(255.0).sub_(mean).div_(std)
+        return x.div_(full).sub_(mean).div_(std)
 
 
 class EvalBatch:

@@ -5,7 +5,9 @@ quarter of the bytes over PCIe and the network. Layout is NHWC because that is h
 decode (PIL, nvJPEG after one permute) and because an NHWC uint8 tensor permuted to NCHW is
 already channels_last in memory: PyTorch's fast layout costs no copy. Every artifact
 (ONNX FP32/FP16/INT8, TensorRT plan, Triton classifier) starts with the same few ops:
-transpose to NCHW, cast, then one per-channel affine x/(255*std) - mean/std.
+cast, transpose to NCHW, then one per-channel affine x/(255*std) - mean/std. The cast comes
+first because TensorRT's ONNX parser takes UINT8 only as a network input read by a Cast
+(TensorRT API docs, DataType.UINT8); tests/test_contract.py checks the exported graphs.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def with_preprocessing(model, pre: dict[str, Any], dtype=None):
     import torch
 
     class Preprocessed(torch.nn.Module):
-        """uint8 NHWC -> NCHW (channels_last in memory) -> normalised `dtype` -> the model."""
+        """uint8 NHWC -> `dtype` -> NCHW (channels_last in memory) -> normalised -> the model."""
 
         def __init__(self, net, pre):
             super().__init__()
@@ -45,7 +47,8 @@ def with_preprocessing(model, pre: dict[str, Any], dtype=None):
                 self.register_buffer(name, torch.tensor(value), persistent=False)
 
         def forward(self, images):
-            x = images.permute(0, 3, 1, 2).to(self.scale.dtype)
+            # Cast before the permute: in ONNX no op but Cast reads the UINT8 input (TensorRT).
+            x = images.to(self.scale.dtype).permute(0, 3, 1, 2)
             # x * scale + shift as one per-channel affine op: an inference BatchNormalization
             # in ONNX, one pass over the pixels where Mul then Add took two (half the time in
             # ONNX Runtime on this CPU, measured at batch 16, 224 px).

@@ -71,9 +71,21 @@ class TensorRTEngine(Backend):
         self.context.set_tensor_address(self.input, inp.data_ptr())
         self.context.set_tensor_address(self.output, out.data_ptr())
         stream = torch.cuda.current_stream()
-        self.context.execute_async_v3(stream.cuda_stream)
+        enqueue(self.context, stream.cuda_stream, len(x))
         stream.synchronize()
         return out.float().cpu().numpy()
 
     def close(self) -> None:
         self.context = self.engine = None
+
+
+def enqueue(context, stream_handle: int, batch: int) -> None:
+    """Queue one inference; TensorRT reports a failed enqueue only by returning False, and
+    the output buffer then holds whatever torch.empty left there."""
+    if not context.execute_async_v3(stream_handle):
+        from ..errors import RtkError
+
+        raise RtkError(f"TensorRT failed to enqueue a batch of {batch} (execute_async_v3 "
+                       "returned False; its log above says why).",
+                       "Check that the GPU has free memory and that the engine was built on "
+                       "this TensorRT and GPU; rebuild with rtk export --fp16 --format tensorrt.")

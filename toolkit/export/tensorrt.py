@@ -32,7 +32,8 @@ def build_engine(onnx_path: Path, plan_path: Path, input_name: str, hwc: tuple[i
     """Build a strongly typed engine with one optimization profile (1 / opt / max_batch).
 
     The input is the contract's uint8 NHWC image batch (`hwc` without the batch); the graph's
-    own Transpose/Cast/Mul/Add normalise it on the GPU, and its FP16 layers come from the
+    own Cast/Transpose/BatchNormalization normalise it on the GPU (the Cast first: TensorRT
+    takes a UINT8 input only into a Cast, tests/test_contract.py), its FP16 layers come from the
     graph (strong typing), so no precision flag is set.
     """
     trt = require("tensorrt", "gpu")
