@@ -197,11 +197,33 @@ def assert_tune_shown(tree, tune: dict) -> None:
     shown = values(serving)
     for p in (p for p in tune["candidates"] if p["status"] == "ok"):
         assert str(p["throughput"]) in shown and str(p["p99_ms"]) in shown
-    assert str(tune["speedup_vs_default"]) in shown
+    if tune.get("speedup_vs_default"):
+        assert str(tune["speedup_vs_default"]) in shown
     chosen = [r for r in serving.iter(f"{NS}tr") if r.get("class") == "chosen"]
     assert chosen and all(str(tune["chosen"]["throughput"]) in values(r) for r in chosen)
     assert any(i.get("alt") == "rtk tune Pareto plot" for i in serving.iter(f"{NS}img"))
     assert tune["serve"] in text_of(section(tree, "deployment"))
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_tune_refreshes_the_report_with_its_search(benched, tmp_path, cli):
+    """A real (short) `rtk tune` on the local Triton server; its page shows the search."""
+    pytest.importorskip("tritonclient.grpc")
+    from test_triton_serve import _tritonserver_missing
+
+    if _tritonserver_missing():
+        pytest.skip(f"Triton server missing: {_tritonserver_missing()}")
+    root = Path(shutil.copytree(benched[0], tmp_path / "tiny"))
+    result = cli("tune", root, "--p99-ms", "2000", "--budget-minutes", "0.3", "--seconds", "1",
+                 "--concurrency", "1,2", "--out", tmp_path / "tune", "--repo", tmp_path / "repo")
+    assert result.exit_code == 0, result.output
+    assert f"Report: {root / 'report.html'}" in result.stderr
+    text = (root / "report.html").read_text()
+    tree = parse(text)
+    assert_self_contained(text, tree)
+    assert_tune_shown(tree, json.loads((tmp_path / "tune" / "tune.json").read_text()))
+    assert values(section(tree, "speed"))  # the earlier bench is still recorded
 
 
 def test_the_strict_parser_rejects_a_broken_page():
