@@ -199,6 +199,7 @@ def _result(folder: str, kind: str, sources: list[dict]) -> dict | None:
     if kind == "bench":
         result["local"] = [r for r in result["results"] if not r.get("protocol")]
         result["served"] = [r for r in result["results"] if r.get("protocol")]
+        result["roles"] = _server_roles(result["served"])
         result["gpu_over_cpu"] = _gpu_over_cpu(result["headlines"])
     else:
         from .tune.report import _same, pareto
@@ -207,6 +208,19 @@ def _result(folder: str, kind: str, sources: list[dict]) -> dict | None:
         for p in result["candidates"]:
             p["is_default"], p["is_chosen"] = _same(p, result.get("default")), _same(p, result.get("chosen"))
     return result
+
+
+ROLES = ("preprocess", "classifier", "postprocess")
+
+
+def _server_roles(rows: list[dict]) -> list[str]:
+    """Label each row's server-side models by role (ensemble, preprocess, ...); the role order."""
+    seen: set[str] = set()
+    for r in rows:
+        r["by_role"] = {next((role for role in ROLES if model.endswith("_" + role)), "ensemble"): t
+                        for model, t in (r.get("server") or {}).items()}
+        seen.update(r["by_role"])
+    return [role for role in ("ensemble", *ROLES) if role in seen]
 
 
 def _gpu_over_cpu(headlines: dict) -> float | None:
