@@ -33,4 +33,8 @@ def refreshed(run_dir, **outputs) -> None:
     """Rewrite RUN_DIR's report (recording bench=/tune= output folders) and print its path."""
     from .html_report import refresh
 
-    click.echo(f"Report: {refresh(run_dir, **outputs)}", err=True)
+    try:
+        click.echo(f"Report: {refresh(run_dir, **outputs)}", err=True)
+    except Exception as exc:  # noqa: BLE001 - the command's own work is done and must not fail now
+        click.secho(f"Warning: the report was not refreshed ({type(exc).__name__}: {exc}); "
+                    f"run `rtk --debug report {run_dir}` to see why.", fg="yellow", err=True)
