@@ -65,3 +65,4 @@ rtk tune "$RUN" --p99-ms 200 --budget-minutes 1 --seconds 3 --out "$DEMO/tune" \
 step "Done"
 echo "Run bundle: $RUN   Triton repository: $DEMO/model_repository   Report: $DEMO/bench/report.md"
 echo "Tuned repository: $DEMO/model_repository_tuned   Tune report: $DEMO/tune/tune.md"
+echo "The whole run on one page (open it in a browser): $(rtk report "$RUN" --bench "$DEMO/bench" --tune "$DEMO/tune")"

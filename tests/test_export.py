@@ -143,6 +143,8 @@ def test_damaged_artifact_fails_gate_and_is_refused(bundle_copy, cli, monkeypatc
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     assert manifest["artifacts"]["model.fp16.onnx"]["trusted"] is False
     assert manifest["artifacts"]["model.onnx"]["trusted"] is True
+    page = (bundle_copy / "report.html").read_text()  # refreshed by export, failure included
+    assert "<code>model.fp16.onnx</code>" in page and "UNTRUSTED (failed)" in page
     refused = cli("eval", bundle_copy, "--backend", "onnxruntime-fp16")
     assert_user_error(refused, "untrusted")
 

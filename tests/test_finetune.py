@@ -15,7 +15,7 @@ from PIL import Image
 import toolkit
 
 BUNDLE_FILES = ["manifest.json", "labels.txt", "model.pt", "last.pt", "history.csv", "split.json",
-                "report/curves.png", "report/confusion.png", "report/data.json"]
+                "report/curves.png", "report/confusion.png", "report/data.json", "report.html"]
 CLASSES = ["circle", "square", "stripe"]
 
 
@@ -46,6 +46,7 @@ def test_every_bundle_file_is_written(cli_run):
     for name in BUNDLE_FILES:
         assert (run / name).is_file(), name
     assert f"{run}  val_accuracy=" in result.stdout
+    assert f"Report: {run / 'report.html'}" in result.stderr
     assert not list(run.rglob("*.tmp"))  # atomic writes leave no temporaries behind
 
 

@@ -72,6 +72,8 @@ def test_search_keeps_the_fewest_sensitive_nodes_in_float_and_passes(int8_hostil
     assert chosen and chosen[-1]["passed"] and chosen[-1]["config"]["exclude"] == entry["kept_float"]
     assert not search["trials"][0]["passed"]  # the single shot, refused by the held-out gate
     assert search["speed_images_per_s"]["chosen"] > 0 and "speed_cost" in search
+    page = (root / "report.html").read_text()  # `rtk export` refreshed the run's report
+    assert all(f'data-v="{t["top1_delta_points"]}"' in page for t in search["trials"])
     # the tolerances were the defaults: nothing was loosened to pass
     assert entry["parity"]["rule"] == "delta<=1, agree>=0.95"
 

@@ -141,9 +141,9 @@ LAYERS = [
     {"evaluate"},
     {"export"},
     {"triton"},
-    {"bench", "deploy", "tune"},
+    {"bench", "deploy", "tune", "html_report"},
     {"cli", "cli_train", "cli_use", "cli_export", "cli_triton", "cli_bench", "cli_deploy",
-     "cli_tune", "__main__"},
+     "cli_tune", "cli_report", "__main__"},
 ]
 
 

@@ -106,3 +106,7 @@ main.add_command(tune)
 from .cli_deploy import deploy  # noqa: E402
 
 main.add_command(deploy)
+
+from .cli_report import report  # noqa: E402
+
+main.add_command(report)

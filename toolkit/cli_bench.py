@@ -68,6 +68,9 @@ def _bench(run_dir, backends, batch_sizes, device, duration, triton_url, triton_
 
     result = run_bench(Bundle.load(run_dir), opts, echo=echo)
     paths = write(result, out)
+    from .cli_report import refreshed
+
+    refreshed(run_dir, bench=out)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -66,6 +66,7 @@ def export(run_dir, as_json, fp32_agreement, fp16_delta, int8_delta, fp16_agreem
 def _export(run_dir, as_json, **options):
     from .bundle import Bundle
     from .errors import GateFailed
+    from .cli_report import refreshed
     from .export import ExportOptions, export as run_export
 
     bundle = Bundle.load(run_dir)
@@ -81,7 +82,9 @@ def _export(run_dir, as_json, **options):
         if as_json:
             click.echo(json.dumps(rows, indent=2))
         parity_table(rows)
+        refreshed(bundle.root)  # the page marks the untrusted artifact
         raise
+    refreshed(bundle.root)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:

@@ -61,3 +61,6 @@ def _finetune(data_dir, out, compile_, no_progress, options) -> None:
         bundle = fit(cfg, progress=not no_progress, echo=lambda m: click.echo(m, err=True))
     if bundle.manifest.get("metrics"):
         click.echo(f"{bundle.root}  val_accuracy={bundle.manifest['metrics']['val_accuracy']:.4f}")
+        from .cli_report import refreshed
+
+        refreshed(bundle.root)

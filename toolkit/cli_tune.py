@@ -49,6 +49,9 @@ def _tune(run_dir, as_json, **options):
          f"({opts.budget_minutes:g} min budget)...")
     result = run_tune(Bundle.load(run_dir), opts, echo=echo)
     paths = write(result, opts.out)
+    from .cli_report import refreshed
+
+    refreshed(run_dir, tune=opts.out)
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))
         return
