@@ -52,9 +52,10 @@ def test_single_shot_int8_fails_its_gate_with_search_off(int8_hostile, tmp_path,
     assert_user_error(result, "model.int8.onnx")
     assert result.exit_code == 3
     entry = json.loads((root / "manifest.json").read_text())["artifacts"]["model.int8.onnx"]
-    assert entry["trusted"] is False and entry["kept_float"] == []
-    assert entry["search"] == {"mode": "off", "trials": [],
+    assert entry["trusted"] is False and entry["kept_float"] == [] and entry["kept_float_nodes"] == 0
+    assert entry["search"] == {"mode": "off", "trials": [], "held_out_looks": 1,
                                "chosen": "minmax, per-channel weights, 16 calibration images"}
+    assert "drop --int8-search off" in result.output
 
 
 def test_search_keeps_the_fewest_sensitive_nodes_in_float_and_passes(int8_hostile, tmp_path, cli):
@@ -71,7 +72,20 @@ def test_search_keeps_the_fewest_sensitive_nodes_in_float_and_passes(int8_hostil
     chosen = [t for t in search["trials"] if t["label"] == search["chosen"]]
     assert chosen and chosen[-1]["passed"] and chosen[-1]["config"]["exclude"] == entry["kept_float"]
     assert not search["trials"][0]["passed"]  # the single shot, refused by the held-out gate
-    assert search["speed_images_per_s"]["chosen"] > 0 and "speed_cost" in search
+    # one look for the single shot, then at most two more; the output says how many
+    assert 2 <= search["held_out_looks"] <= search["max_held_out_looks"] == 3
+    assert f"{search['held_out_looks']} held-out look(s)" in result.output
+    judged = [t for t in search["trials"] if "held_out" in t]
+    assert len(judged) == search["held_out_looks"] and judged[-1]["held_out"]["passed"]
+    # the probe never saw a calibration image, and the output says how the images were split
+    split = search["split"]
+    assert not search["probe_overlaps_calibration"] and split["probe"] == search["probe_images"]
+    assert split["calib"] + split["grow"] + split["probe"] <= split["total"]
+    assert "never calibrated on" in result.output
+    assert entry["kept_float_nodes"] == len(entry["kept_float"])
+    speed = entry["speed"]
+    assert set(speed["images_per_s"]) == {"fp32", "single_shot_int8", "int8"}
+    assert speed["vs_fp32"] > 0 and speed["vs_single_shot_int8"] > 0
     # the tolerances were the defaults: nothing was loosened to pass
     assert entry["parity"]["rule"] == "delta<=1, agree>=0.95"
 
