@@ -115,3 +115,57 @@ def test_gate_judges_confident_flips_and_warns_when_n_is_too_small():
     assert not refused["passed"]
     big = judge({**base, "n": 2000}, "int8", Tolerances())
     assert big["warnings"] == []
+
+
+def test_training_images_split_so_the_probe_never_overlaps_calibration():
+    from toolkit.export.int8 import plan_split
+
+    small = plan_split(360, 256)  # the maintainers' photo set: calibration gives way to the probe
+    assert (small.calib, small.grow, small.probe) == (128, 0, 232)
+    big = plan_split(5000, 256)
+    assert (big.calib, big.grow, big.probe) == (256, 256, 512)
+    tiny = plan_split(18, 16)
+    assert tiny.calib + tiny.probe == 18 and tiny.probe == 9
+    for split in (small, big, tiny):
+        assert split.calib + split.grow + split.probe <= split.total
+    assert "232 that judge each configuration" in small.describe(90)
+
+
+def test_a_choice_the_held_out_gate_refuses_leads_on_to_more_nodes_in_float(tmp_path):
+    """Percentile passes the probe but not the held-out gate: the next search goes to the
+    layer-wise fallback from it, and each refusal keeps more nodes in float."""
+    from dataclasses import asdict, replace
+
+    from toolkit.export.gate import Tolerances
+    from toolkit.export.int8_search import Int8Config, Search, search
+
+    class Scripted(Search):
+        def run(self, cfg):
+            done = next((t for t in self.trials if t["cfg"] == cfg), None)
+            if done is not None:
+                return done
+            k = len(cfg.exclude)
+            trial = {"cfg": cfg, "config": asdict(cfg), "label": cfg.label(),
+                     "passed": cfg == replace(first, method="percentile") or k >= 2,
+                     "confident_agreement": 0.95 if cfg.method == "percentile" else 0.9,
+                     "top1_delta_points": 1.0}
+            self.trials.append(trial)
+            return trial
+
+    first = Int8Config(calib_size=16)
+    s = Scripted(None, None, "input", Tolerances(), tmp_path, tmp_path, max_trials=20,
+                 max_calib=16, echo=lambda *_: None)
+    s.groups[replace(first, method="percentile")] = [{"tensor": f"t{i}", "nodes": [f"n{i}"]}
+                                                     for i in range(8)]
+    s.run(first)["held_out"] = {"passed": False}  # the single shot
+    chosen = search(s, first)
+    assert chosen["cfg"].method == "percentile" and not chosen["cfg"].exclude
+    chosen["held_out"] = {"passed": False}
+    tried = len(s.trials)
+    chosen = search(s, first)
+    assert chosen["cfg"] == replace(first, method="percentile", exclude=("n0", "n1"))
+    assert len(s.trials) == tried + 3  # per-tensor weights, k = 1, k = 2; nothing re-run
+    chosen["held_out"] = {"passed": False}
+    chosen = search(s, first)
+    assert chosen["cfg"].exclude == ("n0", "n1", "n2")  # k = 4 passed, then the fewest: 3
+    assert s.ok(chosen)
