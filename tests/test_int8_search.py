@@ -90,6 +90,20 @@ def test_search_keeps_the_fewest_sensitive_nodes_in_float_and_passes(int8_hostil
     assert entry["parity"]["rule"] == "delta<=1, agree>=0.95"
 
 
+def test_when_nothing_passes_it_exits_3_naming_the_best_try_and_the_next_flag(int8_hostile,
+                                                                              tmp_path, cli):
+    root = shutil.copytree(int8_hostile, tmp_path / "run")
+    result = cli("export", root, *ARGS, "--int8-budget", "2")
+    assert_user_error(result, "model.int8.onnx")
+    assert result.exit_code == 3
+    assert "Best tried: minmax" in result.output and "top-1 delta" in result.output
+    assert "--int8-budget 4" in result.output
+    entry = json.loads((root / "manifest.json").read_text())["artifacts"]["model.int8.onnx"]
+    assert entry["trusted"] is False and len(entry["search"]["trials"]) == 2
+    assert entry["search"]["held_out_looks"] == 1  # no probe pass: no look was spent
+    assert entry["parity"]["rule"] == "delta<=1, agree>=0.95"
+
+
 def test_parity_splits_flips_into_ties_and_confident_ones():
     from toolkit.metrics import parity
 

@@ -218,11 +218,12 @@ def _failure(s: Search, best: dict, looks: int, opts, split: Split) -> str:
     elif looks >= MAX_LOOKS:
         step = ("gate on a larger held-out set with --data DIR (this one has been consulted "
                 f"{looks} times)")
-    elif split.calib < opts.calib_size or split.calib + split.grow >= split.total - split.probe:
-        step = ("give the export more training images (a larger data set): the calibration and "
-                "the probe share too few; or gate on a larger set with --data DIR")
+    elif split.calib < opts.calib_size or split.probe < PROBE_MAX:
+        step = (f"a larger data set: its {split.total} training images were too few to give "
+                f"calibration {opts.calib_size} images and the probe {PROBE_MAX}; or gate on a "
+                "larger held-out set with --data DIR")
     else:
-        step = f"calibrate on more images: --calib-size {2 * opts.calib_size}"
+        step = f"calibrate on more images: --calib-size {2 * (split.calib + split.grow)}"
     return f"{said} Next: {step}."
 
 
