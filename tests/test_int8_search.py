@@ -52,9 +52,10 @@ def test_single_shot_int8_fails_its_gate_with_search_off(int8_hostile, tmp_path,
     assert_user_error(result, "model.int8.onnx")
     assert result.exit_code == 3
     entry = json.loads((root / "manifest.json").read_text())["artifacts"]["model.int8.onnx"]
-    assert entry["trusted"] is False and entry["kept_float"] == []
-    assert entry["search"] == {"mode": "off", "trials": [],
+    assert entry["trusted"] is False and entry["kept_float"] == [] and entry["kept_float_nodes"] == 0
+    assert entry["search"] == {"mode": "off", "trials": [], "held_out_looks": 1,
                                "chosen": "minmax, per-channel weights, 16 calibration images"}
+    assert "drop --int8-search off" in result.output
 
 
 def test_search_keeps_the_fewest_sensitive_nodes_in_float_and_passes(int8_hostile, tmp_path, cli):
@@ -71,10 +72,37 @@ def test_search_keeps_the_fewest_sensitive_nodes_in_float_and_passes(int8_hostil
     chosen = [t for t in search["trials"] if t["label"] == search["chosen"]]
     assert chosen and chosen[-1]["passed"] and chosen[-1]["config"]["exclude"] == entry["kept_float"]
     assert not search["trials"][0]["passed"]  # the single shot, refused by the held-out gate
-    assert search["speed_images_per_s"]["chosen"] > 0 and "speed_cost" in search
+    # one look for the single shot, then at most two more; the output says how many
+    assert 2 <= search["held_out_looks"] <= search["max_held_out_looks"] == 3
+    assert f"{search['held_out_looks']} held-out look(s)" in result.output
+    judged = [t for t in search["trials"] if "held_out" in t]
+    assert len(judged) == search["held_out_looks"] and judged[-1]["held_out"]["passed"]
+    # the probe never saw a calibration image, and the output says how the images were split
+    split = search["split"]
+    assert not search["probe_overlaps_calibration"] and split["probe"] == search["probe_images"]
+    assert split["calib"] + split["grow"] + split["probe"] <= split["total"]
+    assert "never calibrated on" in result.output
+    assert entry["kept_float_nodes"] == len(entry["kept_float"])
+    speed = entry["speed"]
+    assert set(speed["images_per_s"]) == {"fp32", "single_shot_int8", "int8"}
+    assert speed["vs_fp32"] > 0 and speed["vs_single_shot_int8"] > 0
     page = (root / "report.html").read_text()  # `rtk export` refreshed the run's report
     assert all(f'data-v="{t["top1_delta_points"]}"' in page for t in search["trials"])
     # the tolerances were the defaults: nothing was loosened to pass
+    assert entry["parity"]["rule"] == "delta<=1, agree>=0.95"
+
+
+def test_when_nothing_passes_it_exits_3_naming_the_best_try_and_the_next_flag(int8_hostile,
+                                                                              tmp_path, cli):
+    root = shutil.copytree(int8_hostile, tmp_path / "run")
+    result = cli("export", root, *ARGS, "--int8-budget", "2")
+    assert_user_error(result, "model.int8.onnx")
+    assert result.exit_code == 3
+    assert "Best tried: minmax" in result.output and "top-1 delta" in result.output
+    assert "--int8-budget 4" in result.output
+    entry = json.loads((root / "manifest.json").read_text())["artifacts"]["model.int8.onnx"]
+    assert entry["trusted"] is False and len(entry["search"]["trials"]) == 2
+    assert entry["search"]["held_out_looks"] == 1  # no probe pass: no look was spent
     assert entry["parity"]["rule"] == "delta<=1, agree>=0.95"
 
 
@@ -103,3 +131,57 @@ def test_gate_judges_confident_flips_and_warns_when_n_is_too_small():
     assert not refused["passed"]
     big = judge({**base, "n": 2000}, "int8", Tolerances())
     assert big["warnings"] == []
+
+
+def test_training_images_split_so_the_probe_never_overlaps_calibration():
+    from toolkit.export.int8 import plan_split
+
+    small = plan_split(360, 256)  # the maintainers' photo set: calibration gives way to the probe
+    assert (small.calib, small.grow, small.probe) == (128, 0, 232)
+    big = plan_split(5000, 256)
+    assert (big.calib, big.grow, big.probe) == (256, 256, 512)
+    tiny = plan_split(18, 16)
+    assert tiny.calib + tiny.probe == 18 and tiny.probe == 9
+    for split in (small, big, tiny):
+        assert split.calib + split.grow + split.probe <= split.total
+    assert "232 that judge each configuration" in small.describe(90)
+
+
+def test_a_choice_the_held_out_gate_refuses_leads_on_to_more_nodes_in_float(tmp_path):
+    """Percentile passes the probe but not the held-out gate: the next search goes to the
+    layer-wise fallback from it, and each refusal keeps more nodes in float."""
+    from dataclasses import asdict, replace
+
+    from toolkit.export.gate import Tolerances
+    from toolkit.export.int8_search import Int8Config, Search, search
+
+    class Scripted(Search):
+        def run(self, cfg):
+            done = next((t for t in self.trials if t["cfg"] == cfg), None)
+            if done is not None:
+                return done
+            k = len(cfg.exclude)
+            trial = {"cfg": cfg, "config": asdict(cfg), "label": cfg.label(),
+                     "passed": cfg == replace(first, method="percentile") or k >= 2,
+                     "confident_agreement": 0.95 if cfg.method == "percentile" else 0.9,
+                     "top1_delta_points": 1.0}
+            self.trials.append(trial)
+            return trial
+
+    first = Int8Config(calib_size=16)
+    s = Scripted(None, None, "input", Tolerances(), tmp_path, tmp_path, max_trials=20,
+                 max_calib=16, echo=lambda *_: None)
+    s.groups[replace(first, method="percentile")] = [{"tensor": f"t{i}", "nodes": [f"n{i}"]}
+                                                     for i in range(8)]
+    s.run(first)["held_out"] = {"passed": False}  # the single shot
+    chosen = search(s, first)
+    assert chosen["cfg"].method == "percentile" and not chosen["cfg"].exclude
+    chosen["held_out"] = {"passed": False}
+    tried = len(s.trials)
+    chosen = search(s, first)
+    assert chosen["cfg"] == replace(first, method="percentile", exclude=("n0", "n1"))
+    assert len(s.trials) == tried + 3  # per-tensor weights, k = 1, k = 2; nothing re-run
+    chosen["held_out"] = {"passed": False}
+    chosen = search(s, first)
+    assert chosen["cfg"].exclude == ("n0", "n1", "n2")  # k = 4 passed, then the fewest: 3
+    assert s.ok(chosen)

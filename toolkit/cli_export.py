@@ -39,7 +39,8 @@ def parity_table(rows: list[dict]) -> None:
                    "activations for TensorRT explicit quantization.")
 @click.option("--int8-search", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
               help="auto: when the first INT8 calibration fails its gate, search calibration "
-                   "methods, set size, per-channel weights and layers kept in float.")
+                   "methods, set size, per-channel weights and layers kept in float, judged on "
+                   "training images kept out of calibration (at most 3 held-out looks).")
 @click.option("--int8-budget", default=12, show_default=True, type=click.IntRange(min=1),
               help="Most INT8 quantizations the search may try.")
 @click.option("--opt-batch", type=click.IntRange(min=1),

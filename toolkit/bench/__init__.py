@@ -110,15 +110,27 @@ def gate_of(bundle: Bundle, name: str) -> dict[str, Any]:
     from ..backends import backend_class
 
     artifact = getattr(backend_class(name), "artifact", None)
-    parity = bundle.manifest.get("artifacts", {}).get(artifact, {}).get("parity") if artifact else None
+    entry = bundle.manifest.get("artifacts", {}).get(artifact, {}) if artifact else {}
+    parity = entry.get("parity")
     if parity:
         return {"gate_top1": parity["top1"], "gate_agreement": parity["agreement"],
-                "gate_passed": parity["passed"], "gate_n": parity["n"]}
+                "gate_passed": parity["passed"], "gate_n": parity["n"], **int8_record(entry)}
     rows = bundle.manifest.get("export", {}).get("parity") or [{}]
     if name == "torch" and "reference_top1" in rows[0]:
         return {"gate_top1": rows[0]["reference_top1"], "gate_agreement": 1.0, "gate_passed": True,
                 "gate_n": rows[0]["n"]}
     return {}
+
+
+def int8_record(entry: dict) -> dict[str, Any]:
+    """What the export recorded of an INT8 graph: nodes kept in float, and its speed against
+    the single-shot INT8 graph and FP32, measured by the export in one interleaved run."""
+    if entry.get("precision") != "int8":
+        return {}
+    speed = entry.get("speed") or {}
+    return {"kept_float_nodes": entry.get("kept_float_nodes", len(entry.get("kept_float", []))),
+            "export_speed_vs_fp32": speed.get("vs_fp32"),
+            "export_speed_vs_single_shot_int8": speed.get("vs_single_shot_int8")}
 
 
 def bench_backend(bundle: Bundle, name: str, device: str, opts: BenchOptions, images: np.ndarray,

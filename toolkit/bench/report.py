@@ -69,6 +69,12 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{fmt(r['p50_ms'], 2)} | {fmt(r['p90_ms'], 2)} | {fmt(r['p99_ms'], 2)} | "
                      f"{fmt(h2d / 1000 if h2d else None, 0)} | {fmt(r.get('rss_mb'), 0)} | "
                      f"{r['status']} |")
+    int8 = next((r for r in result["results"] if "kept_float_nodes" in r), None)
+    if int8 is not None and int8.get("export_speed_vs_fp32") is not None:
+        lines += ["", f"INT8 graph ({int8['backend']}): {int8['kept_float_nodes']} node(s) kept in "
+                  f"float; at export, measured interleaved: {int8['export_speed_vs_fp32']:.2f}x "
+                  f"FP32, {int8['export_speed_vs_single_shot_int8']:.2f}x the single-shot INT8 "
+                  "graph."]
     side = [(r, m, t) for r in result["results"] if r.get("server")
             for m, t in sorted(r["server"].items())]
     if side:

@@ -43,17 +43,22 @@ def export(bundle: Bundle, opts: ExportOptions, echo: Callable = print,
     from .staging import staged
 
     with staged(bundle) as stage:
-        rows = _export(stage, opts, echo, progress)
+        rows, int8_note = _export(stage, opts, echo, progress)
     failed = [r["artifact"] for r in rows if not r["passed"]]
     if failed:
+        hint = ("See the parity table above. Re-export, or adjust the tolerance flags "
+                "(--fp32-agreement, --fp16-delta, --int8-delta) if the loss is acceptable.")
+        if int8_note:  # the search's verdict: its best try and the next thing to try
+            hint = f"{int8_note} {hint}"
+        elif "model.int8.onnx" in failed and opts.int8_search == "off":
+            hint = f"Let rtk search INT8 configurations: drop --int8-search off. {hint}"
         raise GateFailed(f"Accuracy gate failed for {', '.join(failed)}; marked untrusted.",
-                         "See the parity table above. Re-export, or adjust the tolerance flags "
-                         "(--fp32-agreement, --fp16-delta, --int8-delta) if the loss is acceptable.",
-                         exit_code=3)
+                         hint, exit_code=3)
     return rows
 
 
-def _export(bundle: Bundle, opts: ExportOptions, echo: Callable, progress: bool) -> list[dict]:
+def _export(bundle: Bundle, opts: ExportOptions, echo: Callable,
+            progress: bool) -> tuple[list[dict], str | None]:
     from .onnx_export import export_onnx, io_spec
     from .precision import to_fp16
 
@@ -77,7 +82,7 @@ def _export(bundle: Bundle, opts: ExportOptions, echo: Callable, progress: bool)
                                io=io_spec(bundle.path("model.fp16.onnx")))
         made.append(("model.fp16.onnx", "onnxruntime-fp16", "fp16"))
     if opts.int8:
-        _int8(bundle, opts, echo, search=False)
+        _int8(bundle, opts, echo)
         made.append(("model.int8.onnx", "onnxruntime-int8", "int8"))
     if opts.fp16 and opts.format in ("tensorrt", "all"):
         if trt_reason:
@@ -88,21 +93,36 @@ def _export(bundle: Bundle, opts: ExportOptions, echo: Callable, progress: bool)
             made.append(("model.fp16.plan", "tensorrt", "fp16"))
     gate = Gate(bundle, opts, echo, progress)
     rows = [gate.check(*m) for m in made]
-    int8 = next((i for i, m in enumerate(made) if m[0] == "model.int8.onnx"), None)
-    if int8 is not None and not rows[int8]["passed"] and opts.int8_search == "auto":
-        echo("model.int8.onnx failed its gate: searching for an INT8 configuration that passes...")
-        _int8(bundle, opts, echo, search=True)
-        rows[int8] = gate.check(*made[int8])
+    int8, note = next((i for i, m in enumerate(made) if m[0] == "model.int8.onnx"), None), None
+    if int8 is not None:
+        note = _int8_verdict(bundle, opts, gate, rows, int8, echo)
     bundle.manifest["export"] = {"parity": rows, "data": opts.data_dir or "validation split"}
     bundle.save()
-    return rows
+    return rows, note
 
 
-def _int8(bundle: Bundle, opts: ExportOptions, echo: Callable, search: bool) -> None:
+def _int8_verdict(bundle: Bundle, opts: ExportOptions, gate: "Gate", rows: list[dict], i: int,
+                  echo: Callable) -> str | None:
+    """Search when the single shot failed (auto), else time it; None or why nothing passed."""
+    from .int8 import int8_speed, search_int8
+
+    if not rows[i]["passed"] and opts.int8_search == "auto":
+        echo("model.int8.onnx failed its gate: searching for an INT8 configuration that passes...")
+        note = search_int8(bundle, opts, gate, rows[i], echo)
+        rows[i] = {**bundle.manifest["artifacts"]["model.int8.onnx"]["parity"],
+                   "artifact": "model.int8.onnx"}
+        return note
+    path = bundle.path("model.int8.onnx")
+    bundle.manifest["artifacts"]["model.int8.onnx"]["speed"] = int8_speed(bundle, path, path, echo)
+    bundle.save()
+    return None
+
+
+def _int8(bundle: Bundle, opts: ExportOptions, echo: Callable) -> None:
     from .int8 import export_int8
     from .onnx_export import io_spec
 
-    info = export_int8(bundle, opts, echo, search)
+    info = export_int8(bundle, opts, echo)
     bundle.record_artifact("model.int8.onnx", parent="model.onnx", **PENDING, precision="int8",
                            io=io_spec(bundle.path("model.int8.onnx")), **info)
 
@@ -137,7 +157,11 @@ class Gate:
         device = "cuda" if backend == "tensorrt" else self.opts.device
         row = judge(measure(self.bundle, backend, device, self.paths, self.labels, self.reference,
                             self.progress), precision, self.opts.tolerances)
-        row["artifact"] = artifact
+        return self.record(artifact, row)
+
+    def record(self, artifact: str, row: dict) -> dict:
+        """Record a verdict (trusted or not) in the manifest."""
+        row = {**row, "artifact": artifact}
         self.bundle.manifest["artifacts"][artifact].update(
             trusted=row["passed"], gate="passed" if row["passed"] else "failed",
             parity={k: v for k, v in row.items() if k != "artifact"})

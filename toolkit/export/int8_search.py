@@ -1,9 +1,11 @@
 """Accuracy-driven INT8: when one calibration fails, search a bounded space before giving up.
 
-The search is judged on a probe set of *training* images with the export gate's own rule at
-half its slack (agreement with the FP32 graph and top-1 delta; never loosened); the held-out
-set is left to the final gate, so the search cannot overfit the images that decide trust. Order, cheapest
-first: calibration method and per-channel weights, a larger calibration set, then layer-wise
+The search is judged on a probe set of *training* images that no calibration ever sees, with
+the export gate's own rule at half its slack (agreement with the FP32 graph and top-1 delta;
+never loosened); the held-out set is left to the export's gate, which a caller consults a
+bounded number of times: a trial it refused is never chosen again, and the next search resumes
+where this one stopped (so a refused calibration leads on to the layer-wise fallback). Order,
+cheapest first: calibration method and per-channel weights, a larger calibration set, then layer-wise
 fallback, which keeps the fewest, most sensitive nodes in float (ranked by how much of each
 activation's per-channel signal its quantization destroys, measured in one pass).
 """
@@ -63,17 +65,33 @@ class Search:
     max_calib: int = 1024
     echo: Callable = print
     trials: list = field(default_factory=list)
+    groups: dict = field(default_factory=dict)  # base config -> its sensitivity ranking
 
     def run(self, cfg: Int8Config) -> dict:
-        """Quantize with `cfg`, judge it on the probe set, remember the result."""
+        """Quantize with `cfg`, judge it on the probe set, remember the result (tried once)."""
+        done = next((t for t in self.trials if t["cfg"] == cfg), None)
+        if done is not None:
+            return done
         path = self.work / f"trial{len(self.trials)}.onnx"
         cache = self.work / f"calib-{cfg.method}-{cfg.calib_size}.json"
         start = time.perf_counter()
         info = self.quantize(cfg, path, cache if _has_cache_option() else None)
+        return self._judge(cfg, path, info, start)
+
+    def adopt(self, cfg: Int8Config, path: Path, info: dict) -> dict:
+        """Record a graph quantized elsewhere with `cfg` (the single shot) as a trial."""
+        return self._judge(cfg, path, info, time.perf_counter())
+
+    def ok(self, trial: dict) -> bool:
+        """Passed the probe and was not refused by the held-out gate."""
+        return trial["passed"] and trial.get("held_out", {}).get("passed", True)
+
+    def _judge(self, cfg: Int8Config, path: Path, info: dict, start: float) -> dict:
         logits = _run(path, self.input_name, self.probe.images)
         row = judge(parity(self.probe.reference, logits, self.probe.labels), "int8",
                     stricter(self.tolerances))
-        trial = {"config": {**asdict(cfg), "exclude": list(cfg.exclude)}, "label": cfg.label(),
+        trial = {"cfg": cfg, "config": {**asdict(cfg), "exclude": list(cfg.exclude)},
+                 "label": cfg.label(),
                  "passed": row["passed"], "agreement": row["agreement"],
                  "confident_agreement": row["confident_agreement"],
                  "top1_delta_points": row["top1_delta_points"],
@@ -96,54 +114,59 @@ def stricter(tol: Tolerances, share: float = 0.5) -> Tolerances:
                    int8_agreement=1 - (1 - tol.int8_agreement) * share)
 
 
-def _score(trial: dict) -> tuple:
-    return (trial["passed"], trial["confident_agreement"], -trial["top1_delta_points"])
-
-
 def search(s: Search, first: Int8Config) -> dict:
-    """The chosen trial (passing if any did) after at most `s.max_trials` quantizations."""
-    s.trials = []
-    best = s.run(first)
-    # Searching means this configuration already failed the held-out gate: never choose it.
-    best.update(passed=False, note="failed the held-out gate")
+    """The chosen trial (passing the probe, unrefused, if any did) within `s.max_trials`.
+
+    Called again after the held-out gate refused its choice, it walks the same stages: trials
+    already run are remembered (no budget spent), refused ones count as failures, so it goes
+    on to the next stage, down to keeping more nodes in float.
+    """
+    def score(t: dict) -> tuple:
+        return (s.ok(t), t["confident_agreement"], -t["top1_delta_points"])
+
+    best = s.run(first)  # the single shot, which failed the held-out gate before any search
     candidates = [replace(first, method=m) for m in METHODS if m != first.method]
     candidates.append(replace(first, per_channel=not first.per_channel))
     for cfg in candidates:
         if s.exhausted:
             return best
-        best = max(best, s.run(cfg), key=_score)
-        if best["passed"]:
+        best = max(best, s.run(cfg), key=score)
+        if s.ok(best):
             return best
-    base = Int8Config(**{**best["config"], "exclude": ()})
+    base = replace(best["cfg"], exclude=())
     if base.calib_size * 2 <= s.max_calib and not s.exhausted:
-        best = max(best, s.run(replace(base, calib_size=base.calib_size * 2)), key=_score)
-        if best["passed"]:
+        best = max(best, s.run(replace(base, calib_size=base.calib_size * 2)), key=score)
+        if s.ok(best):
             return best
-        base = Int8Config(**{**best["config"], "exclude": ()})
-    return _fallback(s, base, best)
+        base = replace(best["cfg"], exclude=())
+    return _fallback(s, base, best, score)
 
 
-def _fallback(s: Search, base: Int8Config, best: dict) -> dict:
+def _fallback(s: Search, base: Int8Config, best: dict, score: Callable) -> dict:
     """Keep the top-k most sensitive nodes in float, k = 1, 2, 4...; then the fewest that pass."""
-    trial = next(t for t in s.trials if Int8Config(**{**t["config"], "exclude": ()}) == base
-                 and not t["config"]["exclude"])
-    groups = sensitive_groups(trial["path"], s.prepared, s.input_name, s.probe.images[:8])
-    s.echo(f"  Most sensitive activations: {', '.join(g['tensor'] for g in groups[:5])}")
+    if base not in s.groups:
+        trial = next(t for t in s.trials if t["cfg"] == base)
+        s.groups[base] = sensitive_groups(trial["path"], s.prepared, s.input_name,
+                                          s.probe.images[:8])
+        s.echo("  Most sensitive activations: "
+               + ", ".join(g["tensor"] for g in s.groups[base][:5]))
+    groups = s.groups[base]
     passing, failing_k, k = None, 0, 1
     while k <= len(groups) and not s.exhausted:
         result = s.run(replace(base, exclude=_nodes(groups[:k])))
-        best = max(best, result, key=_score)
-        if result["passed"]:
+        best = max(best, result, key=score)
+        if s.ok(result):
             passing = (k, result)
             break
-        failing_k, k = k, k * 2
+        # doubling, but the last step keeps every group in float rather than jumping past it
+        failing_k, k = k, (len(groups) if k < len(groups) < 2 * k else 2 * k)
     if passing is None:
         return best
     low, (high, chosen) = failing_k, passing
     while high - low > 1 and not s.exhausted:  # the fewest groups that still pass
         mid = (low + high) // 2
         result = s.run(replace(base, exclude=_nodes(groups[:mid])))
-        if result["passed"]:
+        if s.ok(result):
             high, chosen = mid, result
         else:
             low = mid
@@ -242,16 +265,22 @@ def _run(path: Path, input_name: str, images: np.ndarray, outputs=None, batch: i
     return merged if outputs else merged[0]
 
 
-def images_per_second(path: Path, input_name: str, images: np.ndarray, seconds: float = 2.0) -> float:
-    """A short local timing at batch 8 (the speed cost of nodes kept in float)."""
-    session = _session(path)
-    batch = np.ascontiguousarray(np.resize(images, (8, *images.shape[1:])))
-    session.run(None, {input_name: batch})
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        session.run(None, {input_name: batch})
-        n += 8
-    return n / (time.perf_counter() - start)
+def images_per_second(paths: dict[str, Path], input_name: str, batch: np.ndarray,
+                      rounds: int = 4, seconds: float = 0.4) -> dict[str, float]:
+    """Images/s of each graph on one batch, interleaved round by round (A, B, C, A, B, C...)
+    so all see the same machine load; the median round of each."""
+    sessions = {k: _session(p) for k, p in paths.items()}
+    for session in sessions.values():
+        session.run(None, {input_name: batch})  # warm-up: allocations, kernel selection
+    rates: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for key, session in sessions.items():
+            n, start = 0, time.perf_counter()
+            while n == 0 or time.perf_counter() - start < seconds:
+                session.run(None, {input_name: batch})
+                n += len(batch)
+            rates[key].append(n / (time.perf_counter() - start))
+    return {k: float(np.median(v)) for k, v in rates.items()}
 
 
 def _has_cache_option() -> bool:
