@@ -84,7 +84,8 @@ def test_the_variable_chooses_the_environment_and_the_default_sits_beside_the_ve
     root, origin = backend_env.locate()
     assert origin == "the default location" and root == backend_env.default_location()
     if sys.prefix != sys.base_prefix:  # .venv -> .venv-triton
-        assert root == Path(sys.prefix).with_name(Path(sys.prefix).name + "-triton")
+        prefix = Path(sys.prefix).resolve()
+        assert root == prefix.with_name(prefix.name + "-triton")
 
 
 def test_the_stub_gets_the_backend_environment_and_not_rtks(tmp_path, monkeypatch,

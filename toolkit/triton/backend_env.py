@@ -74,7 +74,7 @@ class BackendEnv:
 
 def default_location() -> Path:
     """Beside rtk's venv (.venv -> .venv-triton); outside a venv, the user's data folder."""
-    prefix = Path(sys.prefix)
+    prefix = Path(sys.prefix).resolve()  # a symlinked .venv: beside the real one
     if sys.prefix != sys.base_prefix:
         return prefix.with_name(prefix.name + "-triton")
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "rtk" / "triton-env"
