@@ -142,6 +142,11 @@ def test_serve_with_numpy_2_in_the_environment_says_so(cli, tmp_path, no_tritons
     assert_user_error(_serve(cli, tmp_path, root), "has numpy 2.2.0", f"rtk triton-env {root}")
 
 
+def test_rtks_own_environment_is_never_the_servers(cli, tmp_path):
+    for args in (("triton-env", sys.prefix), ("triton-env", sys.prefix, "--check")):
+        assert_user_error(cli(*args), "is rtk's own environment", "rtk triton-env")
+
+
 def test_force_replaces_only_a_virtual_environment(cli, tmp_path):
     folder = tmp_path / "data"
     folder.mkdir()

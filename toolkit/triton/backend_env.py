@@ -103,6 +103,7 @@ def check(explicit: str | os.PathLike | None = None) -> BackendEnv:
     if not root.exists():
         raise RtkError(f"No Python backend environment for the local Triton server at {root} "
                        f"(from {origin}).", f"Create it with: {fix}")
+    _not_rtks_own(root)
     python = root / "bin" / "python3"
     if not python.exists():
         raise RtkError(f"{what} is not a Python environment (no {python}).",
@@ -110,6 +111,15 @@ def check(explicit: str | os.PathLike | None = None) -> BackendEnv:
                        f"or replace this folder: {make_command(root, origin, force=True)}")
     info = _probe(python)
     return _judge(root, info, what, fix, origin)
+
+
+def _not_rtks_own(root: Path) -> None:
+    """rtk's environment is never the server's: installing numpy<2 there would downgrade rtk's."""
+    if root.resolve() == Path(sys.prefix).resolve():
+        raise RtkError(f"{root} is rtk's own environment; the local Triton server needs one of "
+                       "its own (numpy<2 there would downgrade rtk's numpy).",
+                       f"Make a separate one: rtk triton-env (default {default_location()}) "
+                       f"or rtk triton-env PATH with {ENV_VAR}=PATH")
 
 
 def _judge(root: Path, info: dict, what: str, fix: str, origin: str) -> BackendEnv:
@@ -151,6 +161,7 @@ def create(root: str | os.PathLike | None = None, python: str | None = None, for
            echo=print) -> BackendEnv:
     """Make (or bring up to date) the backend environment at ROOT; idempotent, never silent."""
     path, origin = locate(root)
+    _not_rtks_own(path)
     base = python or sys.executable
     if path.exists() and force:
         if any(path.iterdir()) and not (path / "pyvenv.cfg").is_file():
