@@ -34,6 +34,10 @@ for b in torch onnxruntime onnxruntime-fp16 onnxruntime-int8; do
 done
 
 step "5. Triton model repository (JPEG-in ensemble) and a real Triton server"
+# The local server runs from its own environment (numpy<2 for its Python backend stub), made
+# by `make setup` (rtk triton-env); rtk's environment keeps its own numpy.
+python -c "import numpy; print('rtk environment: numpy', numpy.__version__)"
+rtk triton-env --check
 rtk triton "$RUN" --repo "$DEMO/model_repository" --platform python
 rtk serve "$DEMO/model_repository" --http-port "$PORT" --grpc-port $((PORT + 1)) \
     --metrics-port $((PORT + 2)) --quiet > "$DEMO/triton.log" 2>&1 &

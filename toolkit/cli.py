@@ -91,7 +91,7 @@ from .cli_use import eval_cmd, predict  # noqa: E402
 
 from .cli_bench import bench  # noqa: E402
 from .cli_export import export  # noqa: E402
-from .cli_triton import serve, triton  # noqa: E402
+from .cli_triton import serve, triton, triton_env  # noqa: E402
 from .cli_tune import tune  # noqa: E402
 
 main.add_command(finetune)
@@ -101,6 +101,7 @@ main.add_command(eval_cmd)
 main.add_command(predict)
 main.add_command(triton)
 main.add_command(serve)
+main.add_command(triton_env)
 main.add_command(tune)
 
 from .cli_deploy import deploy  # noqa: E402

@@ -1,4 +1,5 @@
-"""`rtk triton` (write a model repository) and `rtk serve` (run a real Triton server on it)."""
+"""`rtk triton` (write a model repository), `rtk serve` (run a real Triton server on it) and
+`rtk triton-env` (make the local server's own Python environment)."""
 
 from __future__ import annotations
 
@@ -76,6 +77,11 @@ def _triton(run_dir, repo, name, platform, kind, max_batch, instances, queue_del
     click.echo(f"Serve it with: rtk serve {summary['repo']}")
 
 
+BACKEND_ENV_HELP = ("The local server's Python environment, made by `rtk triton-env` (default: "
+                    "$RTK_TRITON_ENV, else beside rtk's venv: .venv -> .venv-triton). Unused "
+                    "when tritonserver is on PATH (the NGC image).")
+
+
 @click.command()
 @click.argument("repo", default="model_repository", type=click.Path())
 @click.option("--http-port", default=8000, show_default=True)
@@ -90,8 +96,9 @@ def _triton(run_dir, repo, name, platform, kind, max_batch, instances, queue_del
                    "Default: every model in REPO.")
 @click.option("--exit-timeout", default=10, show_default=True, type=click.IntRange(min=0),
               help="Seconds Triton lets in-flight requests finish after Ctrl-C or SIGTERM.")
+@click.option("--backend-env", type=click.Path(), help=BACKEND_ENV_HELP)
 def serve(repo, http_port, grpc_port, metrics_port, address, timeout, quiet, load_models,
-          exit_timeout):
+          exit_timeout, backend_env):
     """Run a real Triton server on REPO (a folder, or s3://... that Triton reads) until Ctrl-C.
 
     A model whose backend process dies (e.g. killed for memory) is reloaded within seconds;
@@ -100,7 +107,7 @@ def serve(repo, http_port, grpc_port, metrics_port, address, timeout, quiet, loa
     from .cli import handled
 
     handled(_serve)(repo, http_port, grpc_port, metrics_port, address, timeout, quiet,
-                    load_models, exit_timeout)
+                    load_models, exit_timeout, backend_env)
 
 
 def _interrupt(signum, frame):
@@ -108,7 +115,7 @@ def _interrupt(signum, frame):
 
 
 def _serve(repo, http_port, grpc_port, metrics_port, address, timeout, quiet, load_models=(),
-           exit_timeout=10):
+           exit_timeout=10, backend_env=None):
     from .errors import RtkError
     from .triton.server import TritonServer
 
@@ -116,7 +123,7 @@ def _serve(repo, http_port, grpc_port, metrics_port, address, timeout, quiet, lo
     # The watchdog's reload notices are printed even with --quiet: they are rtk's, not Triton's.
     server = TritonServer(repo, http_port, grpc_port, metrics_port, address, log=log,
                           exit_timeout=exit_timeout, notify=lambda line: click.echo(line, err=True),
-                          load_models=load_models)
+                          load_models=load_models, backend_env=backend_env)
     # `docker stop`, `kill` and Ctrl-C all stop cleanly; SIGINT is installed explicitly because a
     # shell's background job starts with it ignored, and then Python never raises KeyboardInterrupt.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -148,3 +155,31 @@ def _announce(server) -> None:
     click.echo(f"  metrics  {ep['metrics']}")
     click.echo(f"Try: rtk predict RUN_DIR IMAGE --backend triton --url {ep['http']}")
     click.echo("Press Ctrl-C to stop.")
+
+
+@click.command("triton-env")
+@click.argument("path", required=False, type=click.Path())
+@click.option("--python", "python", type=click.Path(exists=True, dir_okay=False),
+              help="Interpreter to base it on (default: this one); needs a shared libpython.")
+@click.option("--force", is_flag=True, help="Delete and rebuild an existing environment.")
+@click.option("--check", "check_only", is_flag=True, help="Only check it; create nothing.")
+def triton_env(path, python, force, check_only):
+    """Make the local Triton server's Python environment at PATH, or bring it up to date.
+
+    nvidia-pytriton's tritonserver, numpy<2 for its Python backend stub, Pillow and onnxruntime
+    for rtk's models, apart from rtk's own environment (which may have numpy 2). PATH defaults
+    to $RTK_TRITON_ENV, else beside rtk's venv (.venv -> .venv-triton), where `rtk serve`,
+    `rtk tune` and the tests look for it. Not needed in the NGC Triton image.
+    """
+    from .cli import handled
+
+    handled(_triton_env)(path, python, force, check_only)
+
+
+def _triton_env(path, python, force, check_only):
+    from .triton import backend_env
+
+    echo = lambda m: click.echo(m, err=True)  # noqa: E731 - stdout holds the result
+    env = (backend_env.check(path) if check_only
+           else backend_env.create(path, python=python, force=force, echo=echo))
+    click.echo(f"Triton backend environment ready: {backend_env.describe(env)}")

@@ -7,6 +7,7 @@ import json
 import click
 
 from .cli_bench import _ints
+from .cli_triton import BACKEND_ENV_HELP
 
 
 @click.command()
@@ -27,15 +28,16 @@ from .cli_bench import _ints
 @click.option("--repo", default="model_repository", show_default=True, type=click.Path(),
               help="Where the chosen deployment's model repository is written.")
 @click.option("--name", help="Ensemble name (default: the run folder's name).")
+@click.option("--backend-env", type=click.Path(), help=BACKEND_ENV_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def tune(run_dir, p99_ms, kind, platform, budget_minutes, concurrency, seconds, out, repo, name,
-         as_json):
+         backend_env, as_json):
     """Find the fastest trusted Triton deployment of RUN_DIR whose p99 meets --p99-ms."""
     from .cli import handled
 
     handled(_tune)(run_dir, as_json, p99_ms=p99_ms, kind=kind, platform=platform,
                    budget_minutes=budget_minutes, concurrency=_ints(concurrency), seconds=seconds,
-                   out=out, repo=repo, name=name)
+                   out=out, repo=repo, name=name, backend_env=backend_env)
 
 
 def _tune(run_dir, as_json, **options):

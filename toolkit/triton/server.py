@@ -57,7 +57,7 @@ class TritonServer:
                  metrics_port: int = 8002, address: str = "127.0.0.1",
                  log: Callable[[str], None] | None = None, exit_timeout: int = 10,
                  heal: bool = True, notify: Callable[[str], None] | None = None,
-                 load_models: Sequence[str] = ()) -> None:
+                 load_models: Sequence[str] = (), backend_env: str | Path | None = None) -> None:
         self.repo = repo if is_remote(repo) else Path(repo).resolve()
         self.load_models = list(dict.fromkeys(load_models))  # empty: every model in the repository
         self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
@@ -67,6 +67,8 @@ class TritonServer:
         self._workdir: Path | None = None
         self._reader: threading.Thread | None = None
         self.source = ""
+        # The local server's Python environment (toolkit.triton.backend_env); None: the default.
+        self.backend_env, self.backend_root = backend_env, None
         # Reload a model whose backend process died (toolkit.triton.watchdog says why and how).
         self.heal, self.notify, self.watchdog = heal, notify or log or (lambda _: None), None
 
@@ -85,11 +87,11 @@ class TritonServer:
         self._check_ports()
         self._workdir = Path(tempfile.mkdtemp(prefix="rtk-triton-"))
         try:
-            install = find_tritonserver(self._workdir)
+            install = find_tritonserver(self._workdir, self.backend_env)
         except BaseException:
             self.stop()  # removes the work folder
             raise
-        self.source = install.source
+        self.source, self.backend_root = install.source, install.backend_env
         cmd = triton_command(install.binary, self.repo, self.ports, self.address,
                              self.exit_timeout, self.load_models,
                              f"rtk{os.getpid()}_{id(self) % 9973}", install.flags)
@@ -153,7 +155,7 @@ class TritonServer:
                 self._reader.join(timeout=5)
                 reason = self.reason()
                 raise RtkError(f"Triton exited (code {self.proc.returncode}) before it was ready: "
-                               f"{reason}", _hint(reason, self.source))
+                               f"{reason}", _hint(reason, self.source, self.backend_root))
             if self._get("/v2/health/ready") is not None:
                 return
             time.sleep(0.25)
@@ -220,7 +222,11 @@ class TritonServer:
         self.stop()
 
 
-def _hint(reason: str, source: str) -> str:
+def _hint(reason: str, source: str, backend_root: Path | None = None) -> str:
+    if "Stub process" in reason and backend_root is not None:
+        # backend_env.check() passed, yet a package in the environment may still be broken.
+        return (f"A Python backend stub died. Unless the model's own code is at fault, rebuild "
+                f"the environment it runs in: rtk triton-env {backend_root} --force")
     if "unable to find backend library" in reason and source == "nvidia-pytriton":
         return ("The tritonserver inside nvidia-pytriton has only the Python backend: regenerate "
                 "with `rtk triton RUN_DIR --platform python`, or serve with the official Triton "

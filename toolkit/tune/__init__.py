@@ -31,6 +31,7 @@ class TuneOptions:
     out: str = "tune"
     repo: str = "model_repository"
     name: str | None = None
+    backend_env: str | None = None  # the local server's Python environment (triton/backend_env.py)
 
 
 def trusted_artifacts(bundle: Bundle) -> list[str]:
@@ -65,7 +66,7 @@ def tune(bundle: Bundle, opts: TuneOptions, echo: Callable = print) -> dict[str,
     space = space_for(trusted_artifacts(bundle), facts["max_batch"], usable_cores())
     measured: dict[Candidate, list[dict]] = {}
     started, deadline = time.monotonic(), time.monotonic() + 60 * opts.budget_minutes
-    bench = Bench(bundle, options, opts.concurrency, opts.seconds, echo)
+    bench = Bench(bundle, options, opts.concurrency, opts.seconds, echo, opts.backend_env)
 
     def score(c: Candidate) -> float:
         if c not in measured:
@@ -93,7 +94,8 @@ def tune(bundle: Bundle, opts: TuneOptions, echo: Callable = print) -> dict[str,
                                                              c["instances"], c["queue_delay_us"]),
                                                    opts.repo), echo=echo)
         result["repository"] = summary["repo"]
-        result["serve"] = f"rtk serve {summary['repo']}"
+        env = f" --backend-env {opts.backend_env}" if opts.backend_env else ""
+        result["serve"] = f"rtk serve {summary['repo']}{env}"
     return result
 
 

@@ -25,8 +25,9 @@ class Bench:
     """A Triton server on a scratch repository; `measure(candidate)` gives its rows."""
 
     def __init__(self, bundle: Bundle, options: Callable[[Candidate, str], Any],
-                 concurrency: list[int], seconds: float, echo: Callable = print):
-        self.bundle, self.options, self.echo = bundle, options, echo
+                 concurrency: list[int], seconds: float, echo: Callable = print,
+                 backend_env: str | None = None):
+        self.bundle, self.options, self.echo, self.backend_env = bundle, options, echo, backend_env
         self.concurrency, self.seconds = concurrency, seconds
         self._tmp = tempfile.TemporaryDirectory(prefix="rtk-tune-")
         self.repo = Path(self._tmp.name) / "repo"
@@ -41,7 +42,8 @@ class Bench:
         self.names = write_repository(self.bundle, self.options(first, str(self.repo)),
                                       echo=lambda *_: None)["names"]
         ports = [free_port() for _ in range(3)]
-        self.server = TritonServer(self.repo, *ports, heal=False).start()
+        self.server = TritonServer(self.repo, *ports, heal=False,
+                                   backend_env=self.backend_env).start()
         self.control = ModelControl(f"http://{self.server.endpoints['http']}")
         self.payloads = [p.read_bytes() for p in sample_paths(self.bundle, 32)]
         self.loaded = first
