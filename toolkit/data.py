@@ -106,7 +106,7 @@ def training_loaders(train: Sequence, val: Sequence, pre: dict, *, augment: str,
     if sampler is None and world > 1:
         sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=world, rank=rank,
                                                       shuffle=True, seed=seed)
-    elif sampler is None and on_device:  # its workers persist: the order must not depend on their start
+    elif sampler is None and on_device:  # persistent workers: the order must not depend on them
         sampler = EpochShuffle(len(train_ds), seed)
     extra = {"collate_fn": collate, "random_workers": False} if on_device else {}
     train_loader = make_loader(train_ds, batch_size, shuffle=True, device=device, seed=seed,
