@@ -77,7 +77,8 @@ def _affine(x, p):
 
 
 def trivial_augment(x, generator):
-    """TrivialAugmentWide on a 0..255 float NCHW batch, one op per image (see module doc)."""
+    """TrivialAugmentWide on a 0..255 float NCHW batch of whole numbers (uint8 values), one
+    op per image (see the module's docstring)."""
     import torch
     from torch.nn import functional as nnf
 

@@ -192,7 +192,7 @@ class TrainingSession:
         if rt.device == "cpu":
             self.echo(card.CPU_SLOWDOWN)
         for note in self.recipe_notes.values():
-            self.echo(note.capitalize() + ".")
+            self.echo(f"Recipe: {note}.")
         if rt.device == "cpu" and cfg.decode == "gpu":
             self.echo("--decode gpu on the CPU: batches are decoded and augmented in this "
                       "process, not in workers (slower; meant for testing the GPU path).")
