@@ -62,9 +62,9 @@ def _range_help(name: str, text: str) -> str:
 @click.option("--arch", help="torchvision classification model. Default resnet50.")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet, none or PATH.")
 @click.option("--image-size", type=int, help="Crop size in pixels (resize scales with it).")
-@click.option("--batch-size", type=BatchSize(), help=_range_help(
-    "batch_size", "Images per step, or auto: on CUDA the largest in 2-64 that trains without "
-    "running out of memory (a short probe); on the CPU picked by memory. The log says which."))
+@click.option("--batch-size", type=BatchSize(), help=_range_help("batch_size", "Images per step.")
+              + " auto: on CUDA the largest that trains without running out of memory (a short "
+                "probe); on the CPU picked by memory. The log says which.")
 @click.option("--epochs", type=int, help=_range_help("epochs", "Passes over the data."))
 @click.option("--lr", type=float, help=_range_help("lr", "Peak learning rate (AdamW)."))
 @click.option("--eval-steps", type=int, default=1, help=_range_help("eval_steps",
