@@ -127,8 +127,9 @@ def overhead(args) -> dict:
                         **({"ratio_ema_on_over_before": med["ema_on"] / med["before"]}
                            if before is not None else {}),
                         "ema_update_ms": update_ms,
-                        # robust to a busy machine: the update against one step, same run
-                        "ema_update_share_of_step": update_ms / 1e3 * med["ema_off"]
+                        # robust to a busy machine: the update against the least disturbed
+                        # arm's step time, same run
+                        "ema_update_share_of_step": update_ms / 1e3 * max(med.values())
                         / args.batch_size}
         print(json.dumps({arch: result[arch]}), flush=True)
     return {"overhead": result, "settings": {k: v for k, v in vars(args).items()
