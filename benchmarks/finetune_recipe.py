@@ -108,8 +108,10 @@ def overhead(args) -> dict:
         sched = warmup_cosine(opt, 10**6, 1)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         train_one_epoch(model, batches[:2], opt, sched, scaler, rt)  # warm-up, not timed
-        for _ in range(args.repeats):
-            for name in rates:  # interleaved: A, B, A, B...
+        names = list(rates)
+        for r in range(args.repeats):
+            # interleaved, the order rotated each repeat so no arm always follows another
+            for name in names[r % len(names):] + names[:r % len(names)]:
                 options = StepOptions(ema=ema if name == "ema_on" else None)
                 t = time.perf_counter()
                 if name == "before":

@@ -124,8 +124,9 @@ class DeviceTotals:
             self.class_seen = torch.zeros(k, dtype=torch.int64, device=y.device)
         self.loss += loss.detach().double() * y.shape[0]
         self.correct += hit.sum()
-        self.class_seen += torch.bincount(y, minlength=k)
-        self.class_correct += torch.bincount(y[hit], minlength=k)
+        # index_add_, not bincount or y[hit]: both of those wait for the GPU every step
+        self.class_seen.index_add_(0, y, torch.ones_like(y))
+        self.class_correct.index_add_(0, y, hit.to(y.dtype))
         self.seen += y.shape[0]
 
     def flush(self, totals: dict[str, float], step: int) -> float:
@@ -208,7 +209,6 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, rt: Runtime, *,
     totals = new_totals() if totals is None else totals
     running, last_loss, step = DeviceTotals(rt.device), math.nan, skip_batches
     k, n = max(1, opts.accumulate), len(loader)
-    optimizer.zero_grad(set_to_none=True)  # a group starts clean, also after a resume
     try:
         for step, (x, y) in enumerate(device_batches(loader, rt, skip_batches),
                                       start=skip_batches + 1):
@@ -224,11 +224,12 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, rt: Runtime, *,
                                     enabled=rt.amp_dtype is not None):
                     logits = model(x)
                     loss = criterion(logits, target)
+                if (step - 1) % k == 0:  # a group's first batch: after the forward pass, so
+                    optimizer.zero_grad(set_to_none=True)  # backward reuses the freed memory
                 scaler.scale(loss / k if k > 1 else loss).backward()
             if boundary:
                 scaler.step(optimizer)
                 scaler.update()
-                optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 if opts.ema is not None:
                     opts.ema.update()
