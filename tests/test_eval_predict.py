@@ -36,6 +36,10 @@ def test_eval_defaults_to_the_runs_validation_split(cli, tiny_bundle):
     assert r["n"] == manifest["data"]["val_images"]
     # the same images and the same model as the training run's own evaluation
     assert r["accuracy"] == pytest.approx(manifest["metrics"]["val_accuracy"])
+    # balanced accuracy (mean per-class recall) is reported wherever accuracy is
+    recalls = [v for v in r["per_class"].values() if v is not None]
+    assert r["balanced_accuracy"] == pytest.approx(sum(recalls) / len(recalls))
+    assert r["balanced_accuracy"] == pytest.approx(manifest["metrics"]["val_balanced_accuracy"])
 
 
 def test_eval_text_output(cli, tiny_bundle):

@@ -120,6 +120,9 @@ def test_small_data_set_recommendation(dirty_report):
     assert rec["augment"] == "heavy"
     assert rec["notes"][0] == "Only 10 images: expect weak results; collect more data if you can."
     assert isinstance(rec["hardware"], str) and rec["hardware"]
+    recipe = " ".join(rec["recipe"])  # the fine-tuning recipe finetune applies
+    assert "mixup" in recipe and "--ema" in recipe and "--patience 5" in recipe
+    assert ("--balance auto" in recipe) == (dirty_report["imbalance_ratio"] > 3)
 
 
 def test_text_report_names_every_problem(cli, dirty_data):
@@ -133,6 +136,7 @@ def test_text_report_names_every_problem(cli, dirty_data):
     assert "TINY dogs/one.png: 1x1" in text
     assert "DUPLICATES cats/dup_a.png = cats/dup_b.png" in text
     assert "--arch resnet18" in text and "expect weak results" in text
+    assert "recipe: --ema" in text
 
 
 def test_tiny_clean_folder(cli, tiny_data):

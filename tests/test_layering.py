@@ -135,7 +135,8 @@ def test_importing_the_cli_loads_no_heavy_library():
 LAYERS = [
     {"errors", "fileio", "machine", "imageio", "card", "metrics", "__init__"},
     {"bundle", "scan", "preprocess", "sample", "ui", "report", "contract", "lock"},
-    {"data", "datareport", "model", "checkpoint", "loop", "gpu_input", "batch_transforms"},
+    {"data", "datareport", "model", "checkpoint", "loop", "gpu_input", "batch_transforms",
+     "batch_augment", "recipe"},
     {"train", "session"},
     {"backends"},
     {"evaluate"},

@@ -15,6 +15,7 @@ import functools
 import math
 from typing import Any
 
+from .batch_augment import random_erasing, trivial_augment
 from .errors import RtkError
 from .preprocess import AUGMENT
 
@@ -266,7 +267,12 @@ class TrainBatch:
             order = torch.randperm(4, generator=generator).tolist()
             hue = _to_device(hue_matrices(host[:, 5]), x.device) if spec["jitter"][3] else None
             x = color_jitter(x.float(), params[:, 2:5], order, hue)
-        return self.normalize(x)
+        if spec.get("policy"):  # torchvision's policy, batched: see toolkit.batch_augment
+            x = trivial_augment(x.float(), generator)
+        x = self.normalize(x)
+        if spec.get("erasing"):
+            x = random_erasing(x, spec["erasing"], generator)
+        return x
 
     def _params(self, n: int, generator):
         """(N, 6): flip draw, angle, brightness, contrast, saturation and hue factors."""

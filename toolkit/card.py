@@ -38,16 +38,19 @@ class Preset:
     batch_size: int
     augment: str
     notes: tuple[str, ...]
+    ema: bool = True
+    patience: int = 0  # evaluations without improvement before stopping; 0: off
 
 
 def preset_for(n_images: int) -> Preset:
     """The card's recommendation for a data set of `n_images` images."""
     if n_images < 1000:
-        notes = ("Small data set: ResNet-18 and heavy augmentation reduce overfitting.",)
+        notes = ("Small data set: ResNet-18, heavy augmentation (with mixup/cutmix), the "
+                 "weights' EMA and early stopping (--patience 5) reduce overfitting.",)
         if n_images < 500:
             notes = (f"Only {n_images} images: expect weak results; collect more data if you can.",
                      *notes)
-        return Preset("resnet18", 2e-5, 15, "15-20", 8, "heavy", notes)
+        return Preset("resnet18", 2e-5, 15, "15-20", 8, "heavy", notes, ema=True, patience=5)
     if n_images <= 10_000:
         return Preset("resnet50", 5e-5, 5, "5-10", 16, "standard", ())
     notes = ()
@@ -71,17 +74,24 @@ def batch_for_gpu_memory(gib: float | None) -> str:
     return f"{gib:.0f} GiB GPU: batch size 32-64."
 
 
-def diagnose(history: list[dict], lr: float, arch: str) -> list[str]:
-    """The card's diagnosis of a finished run: overfitting or slow convergence, with remedies."""
+def diagnose(history: list[dict], lr: float, arch: str, stop: dict | None = None) -> list[str]:
+    """The card's diagnosis of a finished run: overfitting, slow convergence, class imbalance
+    and early stopping, with remedies. `stop`: {"stopped_epoch", "best_epoch", "patience"}."""
     if not history:
         return []
     last = history[-1]
     train_acc, val_acc = last["train_accuracy"], last["val_accuracy"]
     findings = []
+    if stop and stop.get("stopped_epoch"):
+        findings.append(
+            f"Early stopping: stopped after epoch {stop['stopped_epoch']}, "
+            f"{stop['patience']} evaluation(s) without improvement; model.pt is epoch "
+            f"{stop['best_epoch']}.")
     if train_acc >= 0.9 and train_acc - val_acc >= 0.1:
         findings.append(
             f"Overfitting: train accuracy {train_acc:.1%} vs validation {val_acc:.1%}. "
-            "Remedies: stronger augmentation (--augment heavy), fewer epochs, a lower --lr, "
+            "Remedies: stronger augmentation (--augment heavy, --mixup 0.2, --cutmix 1.0), "
+            "early stopping (--patience 3), --label-smoothing 0.1, fewer epochs, a lower --lr, "
             "more data, or a smaller model (--arch resnet18).")
     first = history[0]["val_accuracy"]
     if val_acc < 0.6 and (len(history) == 1 or val_acc - first < 0.05):
@@ -90,4 +100,10 @@ def diagnose(history: list[dict], lr: float, arch: str) -> list[str]:
             f"Slow convergence: validation accuracy {val_acc:.1%} after {last['epoch']} epoch(s). "
             f"Remedies: train longer (--epochs), raise --lr from {lr:g} (max 5e-4), check labels, "
             f"or start from ImageNet weights (--weights imagenet).{bigger}")
+    balanced = last.get("val_balanced_accuracy")
+    if balanced is not None and val_acc - balanced >= 0.1:
+        findings.append(
+            f"Class imbalance: balanced accuracy {balanced:.1%} (mean per-class recall) vs "
+            f"accuracy {val_acc:.1%}; the rare classes are missed. Remedies: ensure a balanced "
+            "class distribution (more images of the weak classes), or --balance sampler|weights.")
     return findings

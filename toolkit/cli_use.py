@@ -54,7 +54,8 @@ def _eval(run_dir, data_dir, backend, device, url, protocol, tensors, batch_size
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(f"{backend} on {result['data']}: accuracy {result['accuracy']:.4f}  "
-               f"top-5 {result['top5']:.4f}  n={result['n']}")
+               f"balanced {result['balanced_accuracy']:.4f}  top-5 {result['top5']:.4f}  "
+               f"n={result['n']}")
     for name, acc in result["per_class"].items():
         click.echo(f"  {name:<20} {'-' if acc is None else f'{acc:.4f}'}")
     click.echo("weakest: " + ", ".join(f"{c} ({a:.2%})" for c, a in weakest(result["per_class"])))

@@ -85,10 +85,12 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, device: str, seed: i
 
 
 def training_loaders(train: Sequence, val: Sequence, pre: dict, *, augment: str, decode: str,
-                     batch_size: int, device: str, seed: int, rank: int = 0, world: int = 1):
+                     batch_size: int, device: str, seed: int, rank: int = 0, world: int = 1,
+                     sampler=None):
     """(train loader, validation loader, train sampler or None). decode "cpu": PIL decode and
     augmentation in workers; "gpu": workers read bytes, batches are decoded and augmented on
-    `device` (toolkit.gpu_input, toolkit.batch_transforms)."""
+    `device` (toolkit.gpu_input, toolkit.batch_transforms). `sampler`: a seeded training
+    order with set_epoch (toolkit.recipe.BalancedSampler), single process only."""
     import torch
 
     from .batch_transforms import EvalBatch, TrainBatch
@@ -101,11 +103,10 @@ def training_loaders(train: Sequence, val: Sequence, pre: dict, *, augment: str,
     else:
         train_ds = ImageDataset(train, train_transform(pre, augment))
         val_ds = ImageDataset(val, eval_transform(pre))
-    sampler = None
-    if world > 1:
+    if sampler is None and world > 1:
         sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=world, rank=rank,
                                                       shuffle=True, seed=seed)
-    elif on_device:  # its workers persist: the order must not depend on their start
+    elif sampler is None and on_device:  # persistent workers: the order must not depend on them
         sampler = EpochShuffle(len(train_ds), seed)
     extra = {"collate_fn": collate, "random_workers": False} if on_device else {}
     train_loader = make_loader(train_ds, batch_size, shuffle=True, device=device, seed=seed,

@@ -25,12 +25,13 @@ def summarize(scan: Scan) -> dict[str, Any]:
     n = len(scan.samples)
     preset = card.preset_for(n)
     rel = lambda p: str(Path(p).relative_to(scan.root))  # noqa: E731
+    ratio = round(max(nonzero) / min(nonzero), 2) if nonzero else None
     return {
         "root": str(scan.root),
         "classes": len(scan.classes),
         "images": n,
         "per_class": counts,
-        "imbalance_ratio": round(max(nonzero) / min(nonzero), 2) if nonzero else None,
+        "imbalance_ratio": ratio,
         "empty_classes": scan.empty_classes,
         "unreadable": [{"file": rel(p), "reason": why} for p, why in scan.unreadable],
         "ignored_files": [rel(p) for p in scan.ignored],
@@ -43,9 +44,30 @@ def summarize(scan: Scan) -> dict[str, Any]:
             "arch": preset.arch, "lr": preset.lr, "epochs": preset.epochs_range,
             "batch_size": preset.batch_size, "augment": preset.augment,
             "notes": list(preset.notes),
+            "recipe": recipe_advice(preset, ratio),
             "hardware": card.batch_for_gpu_memory(gpu_memory_gib()),
         },
     }
+
+
+def recipe_advice(preset: card.Preset, ratio: float | None) -> list[str]:
+    """The fine-tuning recipe `rtk finetune` applies to a data set like this one."""
+    from .recipe import IMBALANCE_RATIO
+
+    mix = " with mixup 0.2 / cutmix 1.0" if preset.augment == "heavy" else ""
+    advice = [f"--augment {preset.augment}{mix}"
+              + (" (TrivialAugmentWide" + (", random erasing)" if preset.augment == "heavy"
+                                           else ")") if preset.augment != "light" else ""),
+              "--ema (on by default): model.pt is the better of the raw and averaged weights",
+              "pretrained weights: a head-only first epoch (--freeze-epochs 1), then the "
+              "backbone at 0.1 x --lr (--backbone-lr-mult)"]
+    if preset.patience:
+        advice.append(f"--patience {preset.patience}: stop when validation stops improving")
+    if ratio is not None and ratio > IMBALANCE_RATIO:
+        advice.append(f"classes are imbalanced ({ratio:g}x): --balance auto draws every class "
+                      "equally often (a balanced sampler); judge by balanced accuracy")
+    advice.append("a batch too large for the GPU: --batch-size auto, or --accumulate K")
+    return advice
 
 
 def inspect_data(root: str | Path, progress: bool = False) -> dict[str, Any]:
@@ -75,4 +97,5 @@ def render(report: dict[str, Any]) -> str:
     lines.append(f"recommended: --arch {rec['arch']} --lr {rec['lr']:g} --epochs {rec['epochs']} "
                  f"--batch-size {rec['batch_size']} --augment {rec['augment']} (or --preset auto)")
     lines += [f"note: {n}" for n in rec["notes"]] + [f"hardware: {rec['hardware']}"]
+    lines += [f"recipe: {r}" for r in rec.get("recipe", [])]
     return "\n".join(lines)

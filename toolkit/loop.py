@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -88,8 +89,14 @@ def make_optimizer(params, lr: float, weight_decay: float, device: str):
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fused)
 
 
-def new_totals() -> dict[str, float]:
-    return {"loss_sum": 0.0, "correct": 0, "seen": 0}
+def new_totals() -> dict[str, Any]:
+    return {"loss_sum": 0.0, "correct": 0, "seen": 0, "class_correct": [], "class_seen": []}
+
+
+def balanced_from(correct: list, seen: list) -> float:
+    """Mean per-class recall over the classes that occurred."""
+    recalls = [c / s for c, s in zip(correct, seen) if s]
+    return sum(recalls) / len(recalls) if recalls else 0.0
 
 
 LOG_EVERY = 25  # steps between reads of the loss and accuracy kept on the device (a sync each)
@@ -104,10 +111,22 @@ class DeviceTotals:
         self.loss = torch.zeros((), dtype=torch.float64, device=device)
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
         self.seen = 0
+        self.class_correct = self.class_seen = None
 
     def add(self, loss, logits, y) -> None:
+        """`y` holds class indices (soft targets count as their largest class)."""
+        import torch
+
+        k = logits.shape[1]
+        hit = logits.detach().argmax(1) == y
+        if self.class_seen is None:
+            self.class_correct = torch.zeros(k, dtype=torch.int64, device=y.device)
+            self.class_seen = torch.zeros(k, dtype=torch.int64, device=y.device)
         self.loss += loss.detach().double() * y.shape[0]
-        self.correct += (logits.detach().argmax(1) == y).sum()
+        self.correct += hit.sum()
+        # index_add_, not bincount or y[hit]: both of those wait for the GPU every step
+        self.class_seen.index_add_(0, y, torch.ones_like(y))
+        self.class_correct.index_add_(0, y, hit.to(y.dtype))
         self.seen += y.shape[0]
 
     def flush(self, totals: dict[str, float], step: int) -> float:
@@ -115,8 +134,11 @@ class DeviceTotals:
         if not self.seen:
             return math.nan
         loss_sum, correct, seen = self.loss.item(), int(self.correct.item()), self.seen
+        class_correct, class_seen = self.class_correct.tolist(), self.class_seen.tolist()
         self.loss.zero_()
         self.correct.zero_()
+        self.class_correct.zero_()
+        self.class_seen.zero_()
         self.seen = 0
         if not math.isfinite(loss_sum):
             raise RtkError(f"The loss became {loss_sum / seen} by step {step}.",
@@ -124,6 +146,9 @@ class DeviceTotals:
         totals["loss_sum"] += loss_sum
         totals["correct"] += correct
         totals["seen"] += seen
+        for key, add in (("class_correct", class_correct), ("class_seen", class_seen)):
+            old = totals.setdefault(key, [])
+            totals[key] = [a + b for a, b in zip(old or [0] * len(add), add)]
         return loss_sum / seen
 
 
@@ -142,42 +167,83 @@ def device_batches(loader, rt: Runtime, skip: int = 0):
                y.to(rt.device, non_blocking=True))
 
 
+@dataclass
+class StepOptions:
+    """The recipe's parts inside a training step (toolkit.recipe makes them)."""
+
+    label_smoothing: float = 0.0
+    class_weights: Any = None  # a tensor on the device, or None
+    mix: Any = None  # toolkit.recipe.BatchMix, or None
+    accumulate: int = 1
+    ema: Any = None  # toolkit.recipe.ModelEma, or None
+    after_train_mode: Any = None  # called with the model after model.train()
+
+
+def optimizer_steps(batches: int, accumulate: int) -> int:
+    """Optimizer steps in an epoch of `batches` batches (a last partial group steps too)."""
+    return -(-batches // max(1, accumulate))
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, rt: Runtime, *,
                     skip_batches: int = 0, on_batch=None,
-                    totals: dict[str, float] | None = None) -> dict[str, float]:
+                    totals: dict[str, Any] | None = None,
+                    options: StepOptions | None = None) -> dict[str, float]:
     """One pass over `loader`; `on_batch(step, n_images, loss, lr)` reports progress.
 
-    `totals` (loss sum, correct, seen) is updated in place, so an interrupted epoch can be
-    checkpointed and its statistics completed after a resume. Loss and accuracy stay on the
-    device and are read every LOG_EVERY steps (and after the first and last): no step waits
-    for the GPU, and `loss` is the mean over the last interval.
+    `totals` (loss sum, correct, seen, per class) is updated in place, so an interrupted
+    epoch can be checkpointed and its statistics completed after a resume. Loss and accuracy
+    stay on the device and are read every LOG_EVERY steps (and after the first and last): no
+    step waits for the GPU, and `loss` is the mean over the last interval.
+
+    With `options.accumulate` K, the gradients of K batches (each loss divided by K) add up
+    before one optimizer step, and the scheduler and the EMA advance once per optimizer step.
     """
     import torch
 
+    opts = options or StepOptions()
     model.train()
-    criterion = torch.nn.CrossEntropyLoss()
+    if opts.after_train_mode:
+        opts.after_train_mode(model)
+    criterion = torch.nn.CrossEntropyLoss(weight=opts.class_weights,
+                                          label_smoothing=opts.label_smoothing)
     totals = new_totals() if totals is None else totals
     running, last_loss, step = DeviceTotals(rt.device), math.nan, skip_batches
+    k, n = max(1, opts.accumulate), len(loader)
     try:
         for step, (x, y) in enumerate(device_batches(loader, rt, skip_batches),
                                       start=skip_batches + 1):
-            with torch.autocast(rt.device, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
-                logits = model(x)
-                loss = criterion(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            target = y
+            if opts.mix is not None:
+                x, target = opts.mix(x, y, step)
+            boundary = step % k == 0 or step == n
+            # DDP: only the last batch of a group all-reduces its gradients
+            sync = model.no_sync() if not boundary and hasattr(model, "no_sync") else \
+                contextlib.nullcontext()
+            with sync:
+                with torch.autocast(rt.device, dtype=rt.amp_dtype,
+                                    enabled=rt.amp_dtype is not None):
+                    logits = model(x)
+                    loss = criterion(logits, target)
+                if (step - 1) % k == 0:  # a group's first batch: after the forward pass, so
+                    optimizer.zero_grad(set_to_none=True)  # backward reuses the freed memory
+                scaler.scale(loss / k if k > 1 else loss).backward()
+            if boundary:
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                if opts.ema is not None:
+                    opts.ema.update()
             running.add(loss, logits, y)
-            if step % LOG_EVERY == 0 or step == skip_batches + 1 or step == len(loader):
+            if step % LOG_EVERY == 0 or step == skip_batches + 1 or step == n:
                 last_loss = running.flush(totals, step)
             if on_batch:
                 on_batch(step, len(y), last_loss, scheduler.get_last_lr()[0])
     finally:  # an interrupt keeps the statistics of every finished step
         running.flush(totals, step)
     seen = max(1, totals["seen"])
-    return {"train_loss": totals["loss_sum"] / seen, "train_accuracy": totals["correct"] / seen}
+    return {"train_loss": totals["loss_sum"] / seen, "train_accuracy": totals["correct"] / seen,
+            "train_balanced_accuracy": balanced_from(totals.get("class_correct") or [],
+                                                     totals.get("class_seen") or [])}
 
 
 def predict_logits(model, loader, rt: Runtime) -> tuple[np.ndarray, np.ndarray, float]:

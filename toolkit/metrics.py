@@ -8,7 +8,8 @@ import numpy as np
 
 
 def classification(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """Accuracy, top-5, per-class accuracy and confusion matrix."""
+    """Accuracy, balanced accuracy (mean per-class recall), top-5, per-class accuracy and
+    confusion matrix."""
     labels = np.asarray(labels)
     n, k = logits.shape
     pred = logits.argmax(axis=1)
@@ -18,9 +19,11 @@ def classification(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -
     support = confusion.sum(axis=1)
     per_class = {c: (float(confusion[i, i] / support[i]) if support[i] else None)
                  for i, c in enumerate(classes)}
+    recalls = [a for a in per_class.values() if a is not None]
     return {
         "n": int(n),
         "accuracy": float((pred == labels).mean()) if n else 0.0,
+        "balanced_accuracy": float(np.mean(recalls)) if recalls else 0.0,
         "top5": float((topk == labels[:, None]).any(axis=1).mean()) if n else 0.0,
         "per_class": per_class,
         "confusion": confusion.tolist(),

@@ -12,12 +12,17 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 # The card's augmentation levels, read by train_transform (PIL images, in DataLoader workers)
 # and by toolkit.batch_transforms (whole batches on the GPU), so the two paths cannot drift:
 # RandomResizedCrop scale, rotation degrees, ColorJitter (brightness, contrast, saturation,
-# hue). Every level but "none" also flips horizontally; "none" is the eval resize and crop.
+# hue), torchvision's TrivialAugmentWide policy ("policy"; it draws rotation and colour ops
+# itself, so those levels need no separate ones) and RandomErasing's probability. Every level
+# but "none" also flips horizontally; "none" is the eval resize and crop. "heavy" also turns
+# on mixup and cutmix (toolkit.train.HEAVY_MIX).
 AUGMENT: dict[str, dict[str, Any] | None] = {
     "none": None,
     "light": {"scale": (0.5, 1.0), "degrees": 0, "jitter": None},
-    "standard": {"scale": (0.25, 1.0), "degrees": 10, "jitter": (0.2, 0.2, 0.2, 0.0)},
-    "heavy": {"scale": (0.08, 1.0), "degrees": 20, "jitter": (0.4, 0.4, 0.4, 0.1)},
+    "standard": {"scale": (0.25, 1.0), "degrees": 0, "jitter": None,
+                 "policy": "trivialaugmentwide"},
+    "heavy": {"scale": (0.08, 1.0), "degrees": 0, "jitter": None,
+              "policy": "trivialaugmentwide", "erasing": 0.25},
 }
 
 
@@ -52,5 +57,8 @@ def train_transform(pre: dict[str, Any], level: str) -> Callable:
             head.append(T.RandomRotation(spec["degrees"]))
         if spec["jitter"]:
             head.append(T.ColorJitter(*spec["jitter"]))
+        if spec.get("policy"):
+            head.append(T.TrivialAugmentWide())
+    tail = [T.RandomErasing(spec["erasing"])] if spec and spec.get("erasing") else []
     return T.Compose([T.PILToTensor(), *head, T.ToDtype(torch.float32, scale=True),
-                      T.Normalize(pre["mean"], pre["std"])])
+                      T.Normalize(pre["mean"], pre["std"]), *tail])

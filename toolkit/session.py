@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,9 +14,11 @@ from .data import check_usable, stratified_split, training_loaders
 from .datareport import summarize
 from .errors import RtkError
 from .fileio import write_json
-from .loop import (Runtime, Throughput, init_distributed, make_optimizer, new_totals,
-                   pick_amp_dtype, pick_device, predict_logits, train_one_epoch, warmup_cosine)
+from .loop import (Runtime, StepOptions, Throughput, init_distributed, make_optimizer,
+                   new_totals, optimizer_steps, pick_amp_dtype, pick_device, predict_logits,
+                   train_one_epoch, warmup_cosine)
 from .metrics import classification, weakest
+from .recipe import EarlyStop, ModelEma, frozen_eval, set_backbone_frozen, split_head
 from .scan import scan_folder
 from .train import TrainConfig, resolve, write_bundle_files
 
@@ -32,6 +34,9 @@ class TrainingSession:
         self.resume_state: dict[str, Any] | None = None
         self.resumed_totals: dict[str, float] | None = None
         self._totals = new_totals()
+        self.ema, self.mix, self.class_weights, self.balanced_sampler = None, None, None, None
+        self.recipe_notes: dict[str, str] = {}
+        self.stop = EarlyStop()
 
     # -- preparation --------------------------------------------------------
     @classmethod
@@ -91,26 +96,68 @@ class TrainingSession:
         if self.resume_state:
             model.load_state_dict(self.resume_state["state_dict"])
         self.model = model.to(rt.device, memory_format=torch.channels_last)
-        self.optimizer = make_optimizer(self.model.parameters(), cfg.lr, cfg.weight_decay,
-                                        rt.device)
+        self._prepare_recipe()
+        cfg = self.cfg
+        backbone, head = split_head(self.model)
+        groups = [{"params": backbone, "lr": cfg.lr * cfg.backbone_lr_mult},
+                  {"params": head, "lr": cfg.lr}]
+        self.optimizer = make_optimizer(groups, cfg.lr, cfg.weight_decay, rt.device)
         self.scaler = torch.amp.GradScaler(rt.device, enabled=rt.amp_dtype == torch.float16)
         self._build_loaders()
-        total = cfg.epochs * len(self.train_loader)
+        # the schedule counts optimizer steps: with --accumulate K, one per K batches
+        total = cfg.epochs * optimizer_steps(len(self.train_loader), cfg.accumulate)
         self.scheduler = warmup_cosine(self.optimizer, total, max(1, min(total // 10, 500)))
+        if cfg.ema:
+            self.ema = ModelEma(self.model, cfg.ema_decay)
         if self.resume_state:
             self._restore(self.resume_state)
         self.train_model = self.model
-        if rt.world > 1:
-            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model)
+        if rt.world > 1:  # a frozen backbone's parameters get no gradient for a while
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, find_unused_parameters=cfg.freeze_epochs > 0)
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)
+
+    def _prepare_recipe(self) -> None:
+        """Resolve --batch-size auto and --balance, and make the mixing and the loss weights."""
+        import torch
+
+        from .recipe import (BalancedSampler, BatchMix, class_counts, class_weights,
+                             cpu_batch_size, cuda_batch_size, pick_balance)
+
+        cfg, rt, notes = self.cfg, self.rt, self.recipe_notes
+        self.stop = EarlyStop(patience=cfg.patience)
+        if cfg.batch_size == "auto":
+            size = self.preprocessing["crop"]
+            batch, why = (cuda_batch_size(self.model, size, rt.amp_dtype, len(self.classes))
+                          if rt.device == "cuda" else cpu_batch_size(self.model, size))
+            self.cfg = cfg = replace(cfg, batch_size=batch)
+            notes["batch_size"] = f"--batch-size auto: {batch} ({why})"
+        counts = class_counts(self.train_samples, len(self.classes))
+        method, why = pick_balance(cfg.balance, counts, rt.world)
+        if cfg.balance == "auto":
+            notes["balance"] = f"--balance auto: {method} ({why})"
+        self.cfg = cfg = replace(cfg, balance=method)  # resolved: a resume reuses it
+        if method == "weights":
+            self.class_weights = torch.tensor(class_weights(counts), device=rt.device)
+        elif method == "sampler":
+            self.balanced_sampler = BalancedSampler([y for _, y in self.train_samples], cfg.seed)
+        if cfg.mixup or cfg.cutmix:
+            self.mix = BatchMix(len(self.classes), cfg.mixup, cfg.cutmix)
+        effective = cfg.batch_size * cfg.accumulate * rt.world
+        notes["effective_batch"] = (f"effective batch {effective} = {cfg.batch_size} x "
+                                    f"{cfg.accumulate} accumulated x {rt.world} process(es)")
+        notes["freeze"] = (f"head-only warm-up for {cfg.freeze_epochs} epoch(s), then the "
+                           f"backbone at {cfg.backbone_lr_mult:g} x --lr"
+                           if cfg.freeze_epochs else
+                           f"no head-only warm-up (weights {cfg.weights}, {cfg.epochs} epoch(s))")
 
     def _build_loaders(self) -> None:
         cfg, rt = self.cfg, self.rt
         self.train_loader, self.val_loader, self.sampler = training_loaders(
             self.train_samples, self.val_samples, self.preprocessing, augment=cfg.augment,
             decode=cfg.decode, batch_size=cfg.batch_size, device=rt.device, seed=cfg.seed,
-            rank=rt.rank, world=rt.world)
+            rank=rt.rank, world=rt.world, sampler=self.balanced_sampler)
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
@@ -122,6 +169,15 @@ class TrainingSession:
         # an interrupt during an evaluation leaves its row behind; that evaluation runs again
         self.history = [h for h in state["history"] if h["epoch"] <= self.start_epoch]
         self.best_accuracy = state["best_accuracy"]
+        self.stop = EarlyStop(**state.get("early_stop", {"patience": self.cfg.patience,
+                                                         "best": self.best_accuracy}))
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
+        if self.stop.stopped_epoch:  # --resume of a run that stopped early: it is finished
+            self.start_epoch = self.cfg.epochs
+            self.echo(f"The run stopped early after epoch {self.stop.stopped_epoch} "
+                      f"(--patience {self.stop.patience}); nothing left to train.")
+            return
         self.echo(f"Resuming at epoch {self.start_epoch + 1}"
                   + (f", batch {self.skip_batches + 1}" if self.skip_batches else ""))
 
@@ -135,6 +191,8 @@ class TrainingSession:
                   f"decode {cfg.decode}, {rt.world} process(es).")
         if rt.device == "cpu":
             self.echo(card.CPU_SLOWDOWN)
+        for note in self.recipe_notes.values():
+            self.echo(f"Recipe: {note}.")
         if rt.device == "cpu" and cfg.decode == "gpu":
             self.echo("--decode gpu on the CPU: batches are decoded and augmented in this "
                       "process, not in workers (slower; meant for testing the GPU path).")
@@ -146,6 +204,11 @@ class TrainingSession:
                 if (epoch + 1) % cfg.eval_steps == 0 or epoch + 1 == cfg.epochs:
                     evaluation = self._evaluate(epoch, stats, bundle)
                 self._save_last(epoch + 1, 0)
+                if self.stop.stopped_epoch:
+                    self.echo(f"Early stopping after epoch {epoch + 1}: no improvement in "
+                              f"{cfg.patience} evaluation(s); the best was epoch "
+                              f"{self.stop.best_epoch}.")
+                    break
         except KeyboardInterrupt:
             self._save_last(epoch, self._steps_done)
             self._barrier()
@@ -167,20 +230,30 @@ class TrainingSession:
             self.train_loader.set_epoch(cfg.seed + epoch)
         skip = self.skip_batches if epoch == self.start_epoch else 0
         self._steps_done = skip
+        frozen = epoch < cfg.freeze_epochs
+        set_backbone_frozen(self.model, frozen)
+        if self.mix is not None:
+            self.mix.seed = cfg.seed + epoch
+        options = StepOptions(label_smoothing=cfg.label_smoothing,
+                              class_weights=self.class_weights, mix=self.mix,
+                              accumulate=cfg.accumulate, ema=self.ema,
+                              after_train_mode=frozen_eval if frozen else None)
+        k, n_batches = cfg.accumulate, len(self.train_loader)
         self._totals = dict(self.resumed_totals) if skip and self.resumed_totals else new_totals()
         meter = Throughput()
         start, first_step = time.perf_counter(), []
         with ui.epoch_bar(len(self.train_loader), f"epoch {epoch + 1}/{cfg.epochs}",
                           self.show_progress and rt.is_main) as update:
             def on_batch(step, n, loss, lr):
-                self._steps_done = step
+                if step % k == 0 or step == n_batches:  # a resume restarts at a group's start
+                    self._steps_done = step
                 if not first_step:  # the loop reads the loss after the first step: a sync
                     first_step.append(time.perf_counter() - start)
                 update(step, meter.add(n * rt.world), loss, lr)
 
             stats = train_one_epoch(self.train_model, self.train_loader, self.optimizer,
                                     self.scheduler, self.scaler, rt, skip_batches=skip,
-                                    on_batch=on_batch, totals=self._totals)
+                                    on_batch=on_batch, totals=self._totals, options=options)
         stats["seconds"] = time.perf_counter() - start
         stats["images_per_second"] = meter.images / max(1e-9, stats["seconds"])
         stats["lr"] = self.scheduler.get_last_lr()[0]
@@ -199,30 +272,63 @@ class TrainingSession:
             self.echo(f"{by_pil} training image(s) an epoch are decoded by PIL on the CPU, "
                       "not in batches (not plain colour JPEGs, or EXIF-rotated).")
 
+    def _monitor(self) -> str:
+        """The validation metric that picks model.pt and drives --patience."""
+        return "balanced_accuracy" if self.cfg.balance != "none" else "accuracy"
+
+    def _validate(self) -> tuple[dict[str, Any], float, str, Any]:
+        """(evaluation, loss, "raw" or "ema", model) of whichever weights validate better."""
+        logits, labels, loss = predict_logits(self.model, self.val_loader, self.rt)
+        best = (classification(logits, labels, self.classes), loss, "raw", self.model)
+        if self.ema is not None:
+            logits, labels, ema_loss = predict_logits(self.ema.module, self.val_loader, self.rt)
+            ema = classification(logits, labels, self.classes)
+            key = self._monitor()
+            best[0]["ema_" + key] = ema[key]
+            if ema[key] > best[0][key]:
+                ema["raw_" + key] = best[0][key]
+                best = (ema, ema_loss, "ema", self.ema.module)
+        return best
+
     def _evaluate(self, epoch: int, stats: dict, bundle: Bundle) -> dict[str, Any]:
         evaluation: dict[str, Any] = {}
         if self.rt.is_main:
-            logits, labels, loss = predict_logits(self.model, self.val_loader, self.rt)
-            evaluation = classification(logits, labels, self.classes)
+            evaluation, loss, which, model = self._validate()
             row = {"epoch": epoch + 1, **stats, "val_loss": loss,
-                   "val_accuracy": evaluation["accuracy"], "val_top5": evaluation["top5"]}
+                   "val_accuracy": evaluation["accuracy"],
+                   "val_balanced_accuracy": evaluation["balanced_accuracy"],
+                   "val_top5": evaluation["top5"], "weights": which}
             self.history.append(row)
             ui.table(f"Evaluation after epoch {epoch + 1}",
-                     ["epoch", "train loss", "train acc", "val loss", "val acc", "val top-5",
-                      "img/s"],
+                     ["epoch", "train loss", "train acc", "val loss", "val acc", "val bal acc",
+                      "val top-5", "weights", "img/s"],
                      [[row["epoch"], row["train_loss"], row["train_accuracy"], loss,
-                       row["val_accuracy"], row["val_top5"], f"{row['images_per_second']:.1f}"]])
-            if evaluation["accuracy"] > self.best_accuracy:
-                self.best_accuracy = evaluation["accuracy"]
+                       row["val_accuracy"], row["val_balanced_accuracy"], row["val_top5"], which,
+                       f"{row['images_per_second']:.1f}"]])
+            if self.stop.improved(evaluation[self._monitor()], epoch + 1):
+                self.best_accuracy = self.stop.best
                 checkpoint.save(self.out / "model.pt", {
-                    "state_dict": checkpoint.cpu_state(self.model), "arch": self.cfg.arch,
-                    "classes": self.classes, "epoch": epoch + 1,
-                    "val_accuracy": evaluation["accuracy"]})
+                    "state_dict": checkpoint.cpu_state(model), "arch": self.cfg.arch,
+                    "classes": self.classes, "epoch": epoch + 1, "weights": which,
+                    "val_accuracy": evaluation["accuracy"],
+                    "val_balanced_accuracy": evaluation["balanced_accuracy"]})
                 bundle.manifest["metrics"] = self._metrics(evaluation, epoch + 1)
                 bundle.record_artifact("model.pt")
             write_bundle_files(bundle, self.history, evaluation)
         self._barrier()
+        self._share_stop()
         return evaluation
+
+    def _share_stop(self) -> None:
+        """Every process stops at the same epoch: rank 0 decides and broadcasts."""
+        if self.rt.world <= 1:
+            return
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([self.stop.stopped_epoch or 0], device=self.rt.device)
+        dist.broadcast(flag, 0)
+        self.stop.stopped_epoch = int(flag.item()) or None
 
     def _save_last(self, epoch: int, step: int) -> None:
         if not self.rt.is_main:
@@ -233,7 +339,9 @@ class TrainingSession:
             "scaler": self.scaler.state_dict(), "epoch": epoch, "step": step,
             "totals": self._totals if step else new_totals(),
             "rng": checkpoint.rng_state(), "history": self.history,
-            "best_accuracy": self.best_accuracy, "config": asdict(self.cfg)})
+            "best_accuracy": self.best_accuracy, "config": asdict(self.cfg),
+            "early_stop": asdict(self.stop),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {})})
 
     def _barrier(self) -> None:
         if self.rt.world > 1:
@@ -261,7 +369,8 @@ class TrainingSession:
                   "split_file": "split.json", "train_images": len(self.train_samples),
                   "val_images": len(self.val_samples),
                   "skipped_unreadable": len(self.scan.unreadable)},
-            config=asdict(cfg), seed=cfg.seed, provenance=provenance())
+            config=asdict(cfg), recipe=self.recipe_notes, seed=cfg.seed,
+            provenance=provenance())
         if self.rt.is_main:
             write_json(self.out / "split.json", {
                 "classes": self.classes,
@@ -274,6 +383,8 @@ class TrainingSession:
     def _metrics(self, evaluation: dict, epoch: int) -> dict[str, Any]:
         last = self.history[-1]
         return {"best_epoch": epoch, "val_accuracy": evaluation["accuracy"],
+                "val_balanced_accuracy": evaluation["balanced_accuracy"],
+                "weights": last["weights"], "monitor": self._monitor(),
                 "val_top5": evaluation["top5"], "train_accuracy": last["train_accuracy"],
                 "val_loss": last["val_loss"], "per_class": evaluation["per_class"],
                 "train_images_per_second": last["images_per_second"]}
@@ -282,12 +393,18 @@ class TrainingSession:
         if not self.rt.is_main:
             return bundle
         bundle = Bundle.load(self.out)
-        findings = card.diagnose(self.history, self.cfg.lr, self.cfg.arch)
+        stop = {"stopped_epoch": self.stop.stopped_epoch, "best_epoch": self.stop.best_epoch,
+                "patience": self.stop.patience}
+        findings = card.diagnose(self.history, self.cfg.lr, self.cfg.arch, stop)
+        if self.stop.stopped_epoch:
+            bundle.manifest.setdefault("metrics", {})["stopped_epoch"] = self.stop.stopped_epoch
         bundle.manifest.update(status="complete", diagnosis=findings)
         bundle.record_artifact("last.pt")
         metrics = bundle.manifest.get("metrics", {})
-        self.echo(f"Best validation accuracy {metrics.get('val_accuracy', 0):.2%} "
-                  f"(epoch {metrics.get('best_epoch')}); bundle in {self.out}")
+        self.echo(f"Best validation accuracy {metrics.get('val_accuracy', 0):.2%}, balanced "
+                  f"{metrics.get('val_balanced_accuracy', 0):.2%} (epoch "
+                  f"{metrics.get('best_epoch')}, {metrics.get('weights', 'raw')} weights); "
+                  f"bundle in {self.out}")
         if evaluation:
             weak = ", ".join(f"{c} {a:.0%}" for c, a in weakest(evaluation["per_class"]))
             self.echo(f"Weakest classes: {weak}")

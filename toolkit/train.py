@@ -23,7 +23,7 @@ class TrainConfig:
     arch: str | None = None
     weights: str = "imagenet"
     image_size: int | None = None
-    batch_size: int | None = None
+    batch_size: int | str | None = None  # "auto": a probe picks it (toolkit.recipe)
     epochs: int | None = None
     lr: float | None = None
     eval_steps: int = 1
@@ -36,6 +36,43 @@ class TrainConfig:
     compile: bool | None = None
     seed: int = 0
     resume: bool = False
+    # the fine-tuning recipe (toolkit.recipe); None: the card decides, in `resolve`
+    ema: bool | None = None
+    ema_decay: float = 0.9998
+    label_smoothing: float = 0.0
+    mixup: float | None = None
+    cutmix: float | None = None
+    patience: int | None = None
+    freeze_epochs: int | None = None
+    backbone_lr_mult: float | None = None
+    accumulate: int = 1
+    balance: str = "auto"
+    config_file: str | None = None
+
+
+HEAVY_MIX = {"mixup": 0.2, "cutmix": 1.0}  # torchvision's reference recipe's alphas
+
+
+def pretrained(weights: str) -> bool:
+    return weights != "none"
+
+
+def _check_recipe(cfg: TrainConfig) -> None:
+    """Reject recipe values that cannot train, naming the allowed values."""
+    from .errors import RtkError
+
+    checks = [("--label-smoothing", cfg.label_smoothing, 0 <= cfg.label_smoothing < 1, "[0, 1)"),
+              ("--mixup", cfg.mixup, cfg.mixup >= 0, ">= 0 (0: off)"),
+              ("--cutmix", cfg.cutmix, cfg.cutmix >= 0, ">= 0 (0: off)"),
+              ("--patience", cfg.patience, cfg.patience >= 0, ">= 0 (0: off)"),
+              ("--freeze-epochs", cfg.freeze_epochs, cfg.freeze_epochs >= 0, ">= 0"),
+              ("--backbone-lr-mult", cfg.backbone_lr_mult, 0 < cfg.backbone_lr_mult <= 1,
+               "(0, 1]"),
+              ("--accumulate", cfg.accumulate, 1 <= cfg.accumulate <= 64, "1 to 64"),
+              ("--ema-decay", cfg.ema_decay, 0 < cfg.ema_decay < 1, "(0, 1)")]
+    for flag, value, ok, allowed in checks:
+        if not ok:
+            raise RtkError(f"{flag} {value:g} is not allowed.", f"Use a value in {allowed}.")
 
 
 def resolve(cfg: TrainConfig, n_images: int, device: str) -> TrainConfig:
@@ -53,16 +90,35 @@ def resolve(cfg: TrainConfig, n_images: int, device: str) -> TrainConfig:
         augment=cfg.augment or preset.augment,
         compile=cfg.compile if cfg.compile is not None else device == "cuda",
         decode=cfg.decode or ("gpu" if device == "cuda" else "cpu"),
+        ema=pick(cfg.ema, preset.ema, True),
+        patience=pick(cfg.patience, preset.patience, 0),
+    )
+    heavy = cfg.augment == "heavy"
+    epochs = cfg.epochs
+    cfg = replace(
+        cfg,
+        mixup=cfg.mixup if cfg.mixup is not None else HEAVY_MIX["mixup"] if heavy else 0.0,
+        cutmix=cfg.cutmix if cfg.cutmix is not None else HEAVY_MIX["cutmix"] if heavy else 0.0,
+        # head-only warm-up for one epoch when the backbone is pretrained and the run has
+        # more than one epoch (a one-epoch run would never train the backbone)
+        freeze_epochs=(cfg.freeze_epochs if cfg.freeze_epochs is not None
+                       else 1 if pretrained(cfg.weights) and epochs > 1 else 0),
+        backbone_lr_mult=(cfg.backbone_lr_mult if cfg.backbone_lr_mult is not None
+                          else 0.1 if pretrained(cfg.weights) else 1.0),
     )
     for name in card.RANGES:
+        if name == "batch_size" and cfg.batch_size == "auto":
+            continue
         card.check_range(name, getattr(cfg, name))
+    _check_recipe(cfg)
     return cfg
 
 
 def history_csv(history: list[dict]) -> str:
     buf = io.StringIO()
-    fields = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_top5",
-              "lr", "seconds", "images_per_second"]
+    fields = ["epoch", "train_loss", "train_accuracy", "train_balanced_accuracy", "val_loss",
+              "val_accuracy", "val_balanced_accuracy", "val_top5", "weights", "lr", "seconds",
+              "images_per_second"]
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(history)
