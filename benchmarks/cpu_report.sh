@@ -11,7 +11,7 @@ OUT=${1:-benchmarks/cpu}
 WORK=$(mktemp -d)
 PORT=${RTK_BENCH_PORT:-18200}
 export PATH=$PWD/.venv/bin:$PATH
-python -c "from toolkit.sample import write_digits; write_digits('$WORK/data', size=32, per_class=30)"
+python -c "from toolkit.data.sample import write_digits; write_digits('$WORK/data', size=32, per_class=30)"
 rtk finetune "$WORK/data" --out "$WORK/resnet50" --weights none --epochs 1 --batch-size 16 \
     --lr 5e-4 --augment none --no-progress
 rtk export "$WORK/resnet50" --fp16 --int8 --calib-size 64 --max-batch 16

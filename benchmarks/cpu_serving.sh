@@ -21,7 +21,7 @@ else
     python - "$WORK/data" <<'PY'
 import sys
 from pathlib import Path
-from toolkit.sample import write_digits
+from toolkit.data.sample import write_digits
 root = Path(write_digits(sys.argv[1], size=32, per_class=40))
 for png in root.rglob("*.png"):  # the ensemble is measured on JPEG bytes, as a client sends
     from PIL import Image

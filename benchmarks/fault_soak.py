@@ -56,8 +56,8 @@ def jpegs(run: Path, n: int = 64) -> list[bytes]:
     """Held-out images of the run, re-encoded as JPEG (what a camera or browser sends)."""
     from PIL import Image
 
-    from toolkit.bundle import Bundle
-    from toolkit.evaluate import validation_samples
+    from toolkit.core.bundle import Bundle
+    from toolkit.backends.run import validation_samples
 
     out = []
     for path, _ in validation_samples(Bundle.load(run))[:n]:

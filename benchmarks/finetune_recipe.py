@@ -4,7 +4,7 @@
   class is held out, and classes 5-9 of the rest are cut to a tenth. `rtk finetune` runs with
   --balance none and --balance auto for each seed (the same seed, split and settings), and
   each run's model.pt is evaluated on the balanced test split: accuracy and balanced accuracy.
-- overhead: one epoch of rtk's training step (toolkit.loop.train_one_epoch, as `rtk finetune`
+- overhead: one epoch of rtk's training step (toolkit.train.loop.train_one_epoch, as `rtk finetune`
   runs it) with the recipe's new defaults (EMA on) against the step without EMA, on the same
   pre-decoded batches, interleaved A,B,A,B... in one process; images/s and their ratio.
 
@@ -23,13 +23,15 @@ from pathlib import Path
 
 import torch
 
-from toolkit.bundle import Bundle
+from toolkit.core.bundle import Bundle
 from toolkit.evaluate import evaluate
-from toolkit.loop import Runtime, StepOptions, make_optimizer, pick_amp_dtype, train_one_epoch
-from toolkit.loop import warmup_cosine
-from toolkit.recipe import ModelEma
-from toolkit.sample import write_digits
-from toolkit.train import TrainConfig, fit
+from toolkit.train.loop import Runtime, StepOptions, make_optimizer, train_one_epoch
+from toolkit.core.host import pick_amp_dtype
+from toolkit.train.loop import warmup_cosine
+from toolkit.train.recipe import ModelEma
+from toolkit.data.sample import write_digits
+from toolkit.train.config import TrainConfig
+from toolkit.train.session import fit
 
 
 def make_imbalanced(root: Path, test_per_class: int, cut: tuple[int, ...], keep: float,
@@ -91,7 +93,7 @@ def overhead(args) -> dict:
     rt = Runtime("cpu", pick_amp_dtype("cpu", True))
     result = {}
     for arch in args.archs:
-        from toolkit.model import build_model
+        from toolkit.train.model import build_model
 
         g = torch.Generator().manual_seed(0)
         batches = [(torch.randn(args.batch_size, 3, args.image_size, args.image_size,
@@ -139,7 +141,7 @@ def overhead(args) -> dict:
 
 
 def _loop_before(path: str | None):
-    """toolkit/loop.py as it was before the recipe (e.g. `git show 4fd1d27:toolkit/loop.py`),
+    """toolkit/train/loop.py as it was before the recipe (e.g. `git show 4fd1d27:toolkit/train/loop.py`),
     imported as a module of the toolkit package, or None."""
     if not path:
         return None

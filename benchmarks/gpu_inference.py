@@ -24,10 +24,10 @@ def random_bundle(root: Path, arch: str, crop: int):
     """A bundle whose model.pt holds random weights (for timing only; never for accuracy)."""
     import torch
 
-    from toolkit.bundle import Bundle
-    from toolkit.contract import input_spec
-    from toolkit.model import build_model
-    from toolkit.preprocess import recipe
+    from toolkit.core.bundle import Bundle
+    from toolkit.core.contract import input_spec
+    from toolkit.train.model import build_model
+    from toolkit.data.transforms import recipe
 
     model = build_model(arch, 10, "none")
     bundle = Bundle.create(root, arch=arch, classes=[str(i) for i in range(10)], num_classes=10,
@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
 
-    from toolkit.bundle import Bundle
+    from toolkit.core.bundle import Bundle
 
     if args.bundle and (args.bundle / "model.pt").is_file():
         bundle = Bundle.load(args.bundle)

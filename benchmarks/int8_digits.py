@@ -42,7 +42,7 @@ def make_hostile(run: Path, level: float) -> None:
     (1000 in the test), which the classifier ignores."""
     import torch
 
-    from toolkit.bundle import Bundle
+    from toolkit.core.bundle import Bundle
 
     ckpt = torch.load(run / "model.pt", weights_only=True)
     sd = ckpt["state_dict"]
@@ -69,9 +69,9 @@ def export(run: Path, *extra: str) -> dict:
 def on_test_split(run: Path, test_dir: Path) -> dict:
     """PyTorch and the INT8 graph (trusted or not) on images the export never saw."""
     from toolkit.backends import open_backend
-    from toolkit.bundle import Bundle
-    from toolkit.evaluate import folder_samples, run_backend
-    from toolkit.metrics import parity
+    from toolkit.core.bundle import Bundle
+    from toolkit.backends.run import folder_samples, run_backend
+    from toolkit.core.metrics import parity
 
     bundle = Bundle.load(run)
     samples = folder_samples(bundle, test_dir)
@@ -86,8 +86,9 @@ def on_test_split(run: Path, test_dir: Path) -> dict:
 
 
 def main() -> None:
-    from toolkit.sample import write_digits
-    from toolkit.train import TrainConfig, fit
+    from toolkit.data.sample import write_digits
+    from toolkit.train.config import TrainConfig
+    from toolkit.train.session import fit
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)

@@ -11,7 +11,7 @@ to normalise each batch (timed separately, single-threaded NumPy as rtk did it).
 `--cast-order DIR` instead compares the two orders of the contract's first ops (issue 16):
 ResNet-50 (random init: speed only) exported as FP32 and as default-scheme INT8 twice, once
 with the uint8 input transposed then cast (the previous graph) and once cast then transposed
-(toolkit/contract.py now), all four timed in the same interleaved rounds.
+(toolkit/core/contract.py now), all four timed in the same interleaved rounds.
 
   python benchmarks/int8_input_contract.py --cast-order /tmp/co --out benchmarks/cpu/cast_order.json
 """
@@ -75,7 +75,7 @@ def export_cast_orders(folder: Path, size: int) -> dict[str, Path]:
     import torch
     import torchvision
 
-    from toolkit.contract import with_preprocessing
+    from toolkit.core.contract import with_preprocessing
     from toolkit.export.precision import prepare_for_int8, to_int8
 
     pre = {"mean": MEAN, "std": STD}
@@ -89,7 +89,7 @@ def export_cast_orders(folder: Path, size: int) -> dict[str, Path]:
         if fp32.is_file() and int8.is_file():  # exported by an earlier run into the same DIR
             continue
         model = with_preprocessing(net, pre)
-        if order == "transpose_then_cast":  # the forward of toolkit/contract.py before issue 16
+        if order == "transpose_then_cast":  # the forward of toolkit/core/contract.py before issue 16
             def forward(self, images):
                 x = images.permute(0, 3, 1, 2).to(self.scale.dtype)
                 return self.net(torch.nn.functional.batch_norm(

@@ -27,7 +27,7 @@ def export_fp32(dst: Path, size: int) -> Path:
     import torch
     import torchvision
 
-    from toolkit.contract import with_preprocessing
+    from toolkit.core.contract import with_preprocessing
 
     torch.manual_seed(0)
     model = with_preprocessing(torchvision.models.resnet50(num_classes=10).eval(), PRE)
@@ -44,7 +44,7 @@ def export_fp32(dst: Path, size: int) -> Path:
 def main() -> None:
     from toolkit.export.int8_search import _nodes, images_per_second, sensitive_groups
     from toolkit.export.precision import prepare_for_int8, to_int8
-    from toolkit.machine import usable_cores
+    from toolkit.core.host import usable_cores
     from toolkit.bench.system import environment
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

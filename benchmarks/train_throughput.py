@@ -3,14 +3,14 @@
 - step (default): rtk's training step against a plain torchvision eager-FP32 loop (TF32
   off, so FP32 means FP32 on Ampere and later), on the same decoded batches, model, batch
   size and machine, one after the other. rtk's step is
-  toolkit.loop.train_one_epoch with the runtime `rtk finetune` picks (bf16/fp16 autocast,
+  toolkit.train.loop.train_one_epoch with the runtime `rtk finetune` picks (bf16/fp16 autocast,
   channels_last; torch.compile and fused AdamW on CUDA). Writes a JSON and a Markdown line
   under --out, or the JSON alone to --json.
 - pipeline: the input pipeline alone, no model: PIL decode + augmentation in DataLoader
   workers ("cpu"), and byte-reading workers + nvJPEG + batched augmentation ("gpu", CUDA only).
   The clock starts after num_workers x prefetch_factor batches (what the workers decoded
   before the first one was asked for), then times --steps batches (about 100).
-- finetune: `rtk finetune` end to end (toolkit.train.fit) for --epochs; images/s per epoch
+- finetune: `rtk finetune` end to end (toolkit.train.session.fit) for --epochs; images/s per epoch
   and the mean over the epochs after the first (which holds torch.compile's warm-up).
 
     python benchmarks/train_throughput.py --arch resnet50 --image-size 224 --batch-size 16
@@ -30,11 +30,12 @@ import torch
 import torchvision
 
 from toolkit.bench.system import environment
-from toolkit.data import ImageDataset, make_loader
-from toolkit.loop import Runtime, make_optimizer, pick_amp_dtype, train_one_epoch, warmup_cosine
-from toolkit.preprocess import recipe, train_transform
-from toolkit.sample import write_digits
-from toolkit.scan import scan_folder
+from toolkit.data.loaders import ImageDataset, make_loader
+from toolkit.train.loop import Runtime, make_optimizer, train_one_epoch, warmup_cosine
+from toolkit.core.host import pick_amp_dtype
+from toolkit.data.transforms import recipe, train_transform
+from toolkit.data.sample import write_digits
+from toolkit.data.scan import scan_folder
 
 
 def loader(samples, pre, batch, steps):
@@ -151,9 +152,9 @@ def _rate(batches, n_batches: int, device: str, skip: int) -> dict:
 
 def pipeline_stage(args) -> dict:
     """Decode + augmentation alone, workers sized as rtk sizes them, batch --batch-size."""
-    from toolkit.batch_transforms import TrainBatch
-    from toolkit.data import loader_settings
-    from toolkit.gpu_input import ByteDataset, DeviceLoader, collate
+    from toolkit.data.gpu_transforms import TrainBatch
+    from toolkit.data.loaders import loader_settings
+    from toolkit.data.gpu_input import ByteDataset, DeviceLoader, collate
 
     samples = scan_folder(args.data).samples
     pre = recipe(image_size=args.image_size)
@@ -181,7 +182,8 @@ def finetune_stage(args) -> dict:
     import csv
     import tempfile
 
-    from toolkit.train import TrainConfig, fit
+    from toolkit.train.config import TrainConfig
+    from toolkit.train.session import fit
 
     out = Path(args.bundle or Path(tempfile.mkdtemp(prefix="rtk-e2e-")) / "run")
     cfg = TrainConfig(data_dir=args.data, out=str(out), arch=args.arch, weights="none",
@@ -201,10 +203,10 @@ def parity_stage(args) -> dict:
     """The eval inputs of the GPU path (nvJPEG + EvalBatch on --device) against the CPU path
     (PIL + eval_array) on the first --steps batches: max and mean |difference|, and top-1
     agreement of the --bundle model (from the finetune stage) or a seeded untrained one."""
-    from toolkit.batch_transforms import EvalBatch
-    from toolkit.checkpoint import load
-    from toolkit.gpu_input import ByteDataset, DeviceLoader, collate
-    from toolkit.imageio import eval_array, open_rgb
+    from toolkit.data.gpu_transforms import EvalBatch
+    from toolkit.train.checkpoint import load
+    from toolkit.data.gpu_input import ByteDataset, DeviceLoader, collate
+    from toolkit.data.images import eval_array, open_rgb
 
     samples = scan_folder(args.data).samples[: args.steps * args.batch_size]
     pre = recipe(image_size=args.image_size)
@@ -257,7 +259,7 @@ def make_jpegs(root: str, n: int, side: int = 256, classes: int = 10) -> None:
     """`n` photo-like `side`-px JPEGs in `classes` folders (a class is a colour layout)."""
     from multiprocessing import Pool
 
-    from toolkit.machine import usable_cores
+    from toolkit.core.host import usable_cores
 
     tasks = []
     for i in range(n):

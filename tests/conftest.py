@@ -77,7 +77,8 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_data, tmp_path_factory) -> Path:
     """A finished run directory: resnet18, weights none, 32 px, 1 epoch, batch 4, CPU, seed 0."""
-    from toolkit.train import TrainConfig, fit
+    from toolkit.train.config import TrainConfig
+    from toolkit.train.session import fit
 
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     cfg = TrainConfig(data_dir=str(tiny_data), out=str(out), arch="resnet18", weights="none",
@@ -89,7 +90,7 @@ def tiny_bundle(tiny_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def exported(tiny_bundle, tmp_path_factory) -> Path:
     """The tiny bundle with FP32, FP16 and INT8 graphs, all gated (read-only for tests)."""
-    from toolkit.bundle import Bundle
+    from toolkit.core.bundle import Bundle
     from toolkit.export import ExportOptions, export
 
     root = Path(shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("exp") / "run"))
@@ -160,7 +161,7 @@ def rtk_process():
 
 def interrupt_training(monkeypatch, epoch: int = 2, step: int = 2):
     """Ctrl-C after batch `step` of epoch `epoch` of the next fit; returns the real epoch loop."""
-    from toolkit import session
+    from toolkit.train import session
 
     real, calls = session.train_one_epoch, []
 

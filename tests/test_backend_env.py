@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_user_error
-from toolkit.errors import RtkError
+from toolkit.core.errors import RtkError
 from toolkit.triton import backend_env
 from toolkit.triton.install import find_tritonserver
 

@@ -17,7 +17,7 @@ FIELDS = {"backend", "device", "batch_size", "throughput", "p50_ms", "p90_ms", "
 def bench_result(tiny_bundle, tmp_path_factory):
     from click.testing import CliRunner
 
-    from toolkit.bundle import Bundle
+    from toolkit.core.bundle import Bundle
     from toolkit.cli import main
     from toolkit.export import ExportOptions, export
 
@@ -78,7 +78,7 @@ def test_parity_failure_is_flagged_not_timed(tiny_bundle, monkeypatch):
     import numpy as np
 
     from toolkit.bench import BenchOptions, Timing, bench_backend
-    from toolkit.bundle import Bundle
+    from toolkit.core.bundle import Bundle
 
     bundle = Bundle.load(tiny_bundle)
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
@@ -95,7 +95,7 @@ def test_parity_failure_is_flagged_not_timed(tiny_bundle, monkeypatch):
 
 def test_int8_row_carries_nodes_in_float_and_the_exports_speed_ratios(exported):
     from toolkit.bench import gate_of
-    from toolkit.bundle import Bundle
+    from toolkit.core.bundle import Bundle
 
     bundle = Bundle.load(exported)
     entry = bundle.manifest["artifacts"]["model.int8.onnx"]

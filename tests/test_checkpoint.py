@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import TINY_TRAIN, assert_user_error, interrupt_training
 
-from toolkit import checkpoint
-from toolkit.errors import RtkError
+from toolkit.train import checkpoint
+from toolkit.core.errors import RtkError
 
 
 class Payload:
@@ -100,7 +100,7 @@ def test_truncated_checkpoint_is_a_clean_error(tiny_bundle, tmp_path):
 
 def test_weights_path_accepts_an_rtk_model_pt(tiny_bundle):
     """Start from an earlier run: every layer but the (new) head comes from its model.pt."""
-    from toolkit.model import build_model
+    from toolkit.train.model import build_model
 
     saved = torch.load(tiny_bundle / "model.pt", weights_only=True)["state_dict"]
     model = build_model("resnet18", 5, str(tiny_bundle / "model.pt"))
@@ -111,7 +111,7 @@ def test_weights_path_accepts_an_rtk_model_pt(tiny_bundle):
 
 
 def test_weights_of_another_arch_are_refused(tiny_bundle):
-    from toolkit.model import build_model
+    from toolkit.train.model import build_model
 
     with pytest.raises(RtkError, match="does not match resnet34"):
         build_model("resnet34", 3, str(tiny_bundle / "model.pt"))
@@ -156,7 +156,8 @@ def _history_epochs(run):
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_data, tmp_path_factory):
     """The reference: the same 3-epoch run, never interrupted."""
-    from toolkit.train import TrainConfig, fit
+    from toolkit.train.config import TrainConfig
+    from toolkit.train.session import fit
 
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
     fit(TrainConfig(data_dir=str(tiny_data), out=str(out), arch="resnet18", weights="none",
@@ -213,7 +214,8 @@ def test_ctrl_c_saves_progress_and_exits_130(cli, rtk_process, tiny_data, tmp_pa
 
 
 def _fit(data, out, epochs=RESUME_EPOCHS, **kw):
-    from toolkit.train import TrainConfig, fit
+    from toolkit.train.config import TrainConfig
+    from toolkit.train.session import fit
 
     return fit(TrainConfig(data_dir=str(data), out=str(out), arch="resnet18", weights="none",
                            image_size=32, epochs=epochs, batch_size=4, device="cpu", **kw),
@@ -228,7 +230,7 @@ def _interrupted(fit_call):
 
 def test_mid_epoch_interrupt_resumes_exactly(tiny_data, tmp_path, uninterrupted, monkeypatch):
     """Ctrl-C after batch 2 of epoch 2: the resumed run skips exactly the batches done."""
-    from toolkit import session
+    from toolkit.train import session
 
     real = interrupt_training(monkeypatch, epoch=2, step=2)
     _interrupted(lambda: _fit(tiny_data, tmp_path / "run"))
@@ -248,7 +250,7 @@ def test_mid_epoch_interrupt_resumes_exactly(tiny_data, tmp_path, uninterrupted,
 
 
 def test_interrupt_during_evaluation_does_not_duplicate_history(tiny_data, tmp_path, monkeypatch):
-    from toolkit import session
+    from toolkit.train import session
 
     real = session.write_bundle_files
 

@@ -16,8 +16,8 @@ FLOOR = {"torch": 1.0, "onnxruntime": 1.0, "onnxruntime-fp16": 0.99}
 @pytest.fixture(scope="module")
 def crops(exported, tiny_data):
     """The eval crops of every tiny image, as the contract's uint8 (N, 32, 32, 3) batch."""
-    from toolkit.bundle import Bundle
-    from toolkit.evaluate import batches
+    from toolkit.core.bundle import Bundle
+    from toolkit.backends.run import batches
 
     paths = sorted(tiny_data.rglob("*.*"))
     return next(batches(paths, Bundle.load(exported).preprocessing, len(paths)))
@@ -26,7 +26,7 @@ def crops(exported, tiny_data):
 @pytest.fixture(scope="module")
 def reference(exported, crops):
     from toolkit.backends import open_backend
-    from toolkit.bundle import Bundle
+    from toolkit.core.bundle import Bundle
 
     with open_backend("torch", Bundle.load(exported), "cpu") as ref:
         return ref(crops)
@@ -40,7 +40,7 @@ def test_the_eval_batches_are_the_contract(crops):
 @pytest.mark.parametrize("name", LOCAL)
 def test_backend_takes_uint8_images_and_agrees_with_the_reference(exported, crops, reference, name):
     from toolkit.backends import open_backend
-    from toolkit.bundle import Bundle
+    from toolkit.core.bundle import Bundle
 
     with open_backend(name, Bundle.load(exported), "cpu") as backend:
         logits = backend(crops)
@@ -55,8 +55,8 @@ def test_backend_takes_uint8_images_and_agrees_with_the_reference(exported, crop
 @pytest.mark.parametrize("bad", ["float_nchw", "wrong_size", "float_nhwc"])
 def test_backend_refuses_a_batch_outside_the_contract(exported, crops, name, bad):
     from toolkit.backends import open_backend
-    from toolkit.bundle import Bundle
-    from toolkit.errors import RtkError
+    from toolkit.core.bundle import Bundle
+    from toolkit.core.errors import RtkError
 
     x = {"float_nchw": crops.transpose(0, 3, 1, 2).astype(np.float32) / 255,
          "wrong_size": crops[:, :31],
@@ -70,7 +70,7 @@ def test_an_artifact_from_before_the_contract_is_refused_with_a_re_export(export
     import shutil
 
     from conftest import assert_user_error
-    from toolkit.bundle import Bundle
+    from toolkit.core.bundle import Bundle
 
     root = shutil.copytree(exported, tmp_path / "old")
     bundle = Bundle.load(root)
@@ -99,7 +99,7 @@ def tensorrt_int8(exported, tmp_path_factory):
     """The `--int8-scheme tensorrt` graph, made by rtk export's own INT8 step."""
     import shutil
 
-    from toolkit.bundle import Bundle
+    from toolkit.core.bundle import Bundle
     from toolkit.export import ExportOptions
     from toolkit.export.int8 import export_int8
 

@@ -59,7 +59,7 @@ def repository(tiny_bundle, tmp_path_factory):
     """A real repository: the tiny run exported to ONNX, then `rtk triton --kind gpu`."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("tritonclient.grpc.model_config_pb2")
-    from toolkit.bundle import Bundle
+    from toolkit.core.bundle import Bundle
     from toolkit.export import ExportOptions, export
     from toolkit.triton import RepoOptions, write_repository
 
@@ -73,7 +73,7 @@ def repository(tiny_bundle, tmp_path_factory):
 
 # -- the tree ------------------------------------------------------------------------------------
 def test_tree_and_names_from_the_run(tree, tiny_bundle):
-    from toolkit.bundle import Bundle
+    from toolkit.core.bundle import Bundle
     from toolkit.triton.repository import default_name, model_names
 
     out, summary, _ = tree
@@ -361,7 +361,7 @@ def test_every_triton_container_runs_rtk_serve_with_options_it_accepts(tree, s3_
     """The Deployment, the ServingRuntime and compose.yaml: parsed by `rtk serve`'s own options."""
     import shlex
 
-    from toolkit.cli_triton import serve
+    from toolkit.cli.triton import serve
 
     commands = []
     for _, _, rendered in (tree, s3_tree):

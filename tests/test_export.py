@@ -72,9 +72,9 @@ def test_normalisation_in_the_graph_matches_the_training_transform(exported, tin
     """ONNX on uint8 crops == the PyTorch model on eval_array's normalised floats."""
     import torch
 
-    from toolkit.bundle import Bundle
-    from toolkit.imageio import eval_array, eval_uint8, open_rgb
-    from toolkit.model import load_bundle_model
+    from toolkit.core.bundle import Bundle
+    from toolkit.data.images import eval_array, eval_uint8, open_rgb
+    from toolkit.train.model import load_bundle_model
 
     bundle = Bundle.load(exported)
     images = [open_rgb(p) for p in sorted(tiny_data.rglob("*.*"))[:6]]
@@ -152,7 +152,7 @@ def test_damaged_artifact_fails_gate_and_is_refused(bundle_copy, cli, monkeypatc
 def test_stale_artifacts_are_refused_after_retraining(exported, tmp_path, cli):
     import torch
 
-    from toolkit.bundle import Bundle
+    from toolkit.core.bundle import Bundle
 
     root = Path(shutil.copytree(exported, tmp_path / "run"))
     ckpt = torch.load(root / "model.pt", weights_only=True)
@@ -166,7 +166,7 @@ def test_stale_artifacts_are_refused_after_retraining(exported, tmp_path, cli):
 
 def test_an_artifact_never_gated_is_refused(exported, tmp_path, cli):
     """An export that stopped between conversion and gate leaves a pending, unusable artifact."""
-    from toolkit.bundle import Bundle
+    from toolkit.core.bundle import Bundle
 
     root = Path(shutil.copytree(exported, tmp_path / "run"))
     bundle = Bundle.load(root)
@@ -207,7 +207,7 @@ def test_tensorrt_engine_builds_and_passes_gate(bundle_copy):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU visible")
-    from toolkit.bundle import Bundle
+    from toolkit.core.bundle import Bundle
     from toolkit.export import ExportOptions, export
 
     rows = export(Bundle.load(bundle_copy), ExportOptions(fp16=True, format="all", max_batch=8),
@@ -250,7 +250,7 @@ class _FakeContext:
 def test_a_failed_tensorrt_enqueue_is_an_error_not_garbage_logits(ok):
     """execute_async_v3 returns False when enqueue fails (its output buffer stays unwritten)."""
     from toolkit.backends.tensorrt import enqueue
-    from toolkit.errors import RtkError
+    from toolkit.core.errors import RtkError
 
     context = _FakeContext(ok)
     if ok:

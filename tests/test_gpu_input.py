@@ -14,12 +14,11 @@ import torch
 from conftest import TINY_TRAIN, interrupt_training
 from PIL import Image
 
-from toolkit.batch_transforms import (EvalBatch, TrainBatch, color_jitter, crop_boxes,
-                                      rotate_nearest)
-from toolkit.data import EpochShuffle, loader_settings, make_loader
-from toolkit.gpu_input import ByteDataset, DeviceLoader, collate, decode, gpu_decodable
-from toolkit.imageio import eval_array, open_rgb
-from toolkit.preprocess import AUGMENT, recipe
+from toolkit.data.gpu_transforms import EvalBatch, TrainBatch, color_jitter, crop_boxes, rotate_nearest
+from toolkit.data.loaders import EpochShuffle, loader_settings, make_loader
+from toolkit.data.gpu_input import ByteDataset, DeviceLoader, collate, decode, gpu_decodable
+from toolkit.data.images import eval_array, open_rgb
+from toolkit.data.transforms import AUGMENT, recipe
 
 PRE = recipe(image_size=32)  # resize 33, crop 32
 BOUND = 1e-6  # measured: 0.0 (bitwise equal); one uint8 level is 1 / 255 / 0.229 = 0.0171
@@ -141,7 +140,7 @@ def _eval_inputs(paths):
 @pytest.fixture(scope="module")
 def real_images(tmp_path_factory):
     """Real digits (grayscale PNG, upscaled 32 -> 33) and photo-like JPEGs of many shapes."""
-    from toolkit.sample import write_digits
+    from toolkit.data.sample import write_digits
 
     root = tmp_path_factory.mktemp("real")
     digits = sorted(write_digits(root / "digits", size=32, per_class=2).rglob("*.png"))
@@ -254,12 +253,12 @@ def test_device_loader_on_cpu_workers(files):
 
 
 def test_loader_workers_follow_the_cores(monkeypatch):
-    import toolkit.data
+    import toolkit.data.loaders
 
-    monkeypatch.setattr(toolkit.data, "usable_cores", lambda: 16)
+    monkeypatch.setattr(toolkit.data.loaders, "usable_cores", lambda: 16)
     assert loader_settings("cuda")["num_workers"] == 15
     assert loader_settings("cuda", distributed_world=2)["num_workers"] == 7
-    monkeypatch.setattr(toolkit.data, "usable_cores", lambda: 1)
+    monkeypatch.setattr(toolkit.data.loaders, "usable_cores", lambda: 1)
     assert loader_settings("cpu")["num_workers"] == 0
 
 
@@ -276,7 +275,8 @@ def test_epoch_shuffle_depends_on_seed_and_epoch_only():
 
 def test_finetune_on_the_gpu_path_is_seeded(cli, tiny_data, tmp_path):
     """`--decode gpu` runs the batched path (here on CPU tensors); one seed, one model."""
-    from toolkit.train import TrainConfig, fit
+    from toolkit.train.config import TrainConfig
+    from toolkit.train.session import fit
 
     run = tmp_path / "cli"
     result = cli("finetune", tiny_data, "--out", run, *TINY_TRAIN, "--decode", "gpu",
@@ -292,9 +292,10 @@ def test_finetune_on_the_gpu_path_is_seeded(cli, tiny_data, tmp_path):
 
 def test_gpu_path_resumes_mid_epoch_exactly(tiny_data, tmp_path, monkeypatch):
     """Order (EpochShuffle) and augmentation (seeded per batch) survive a Ctrl-C mid-epoch."""
-    from toolkit import session
-    from toolkit.errors import RtkError
-    from toolkit.train import TrainConfig, fit
+    from toolkit.train import session
+    from toolkit.core.errors import RtkError
+    from toolkit.train.config import TrainConfig
+    from toolkit.train.session import fit
 
     def run(out, **kw):
         fit(TrainConfig(data_dir=str(tiny_data), out=str(out), arch="resnet18", weights="none",
@@ -368,19 +369,19 @@ def test_the_stream_is_drained_before_the_batched_nvjpeg_decode(files, monkeypat
 
 
 def _triton_gpu_decoder(monkeypatch, log):
-    """toolkit/triton/gpu_decode.py loaded as Triton loads it, running on CPU tensors."""
+    """toolkit/triton/models/gpu_decode.py loaded as Triton loads it, running on CPU tensors."""
     import importlib.util
     from pathlib import Path
 
-    import toolkit.imageio
+    import toolkit.data.images
 
-    path = Path(toolkit.imageio.__file__).parent / "triton" / "gpu_decode.py"
+    path = Path(toolkit.data.images.__file__).parent / "triton" / "gpu_decode.py"
     spec = importlib.util.spec_from_file_location("rtk_gpu_decode", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setattr(module, "decode_jpeg", _recording_decode_jpeg(log))
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _FakeStream(log))
-    decoder = module.GpuDecoder(0, PRE, toolkit.imageio)
+    decoder = module.GpuDecoder(0, PRE, toolkit.data.images)
     decoder.device = torch.device("cpu")
     return decoder
 
@@ -388,7 +389,7 @@ def _triton_gpu_decoder(monkeypatch, log):
 def test_triton_gpu_preprocessing_sends_nvjpeg_what_training_does(monkeypatch):
     """One rule (gpu_decodable) in both places; the stream drained first; a tensor (with
     __dlpack__, so Triton's python backend syncs streams), not a bare DLPack capsule."""
-    from toolkit.imageio import eval_uint8
+    from toolkit.data.images import eval_uint8
 
     log = []
     decoder = _triton_gpu_decoder(monkeypatch, log)
@@ -406,7 +407,7 @@ def test_triton_gpu_preprocessing_sends_nvjpeg_what_training_does(monkeypatch):
 def test_normalize_divides_by_device_tensors_not_a_host_scalar(monkeypatch):
     """CUDA turns x / (CPU scalar) into x * (1 / scalar), one ulp off on 126 byte values; a
     device tensor divisor keeps the division true (the CUDA result needs a GPU to check)."""
-    from toolkit.batch_transforms import Normalize
+    from toolkit.data.gpu_transforms import Normalize
 
     divisors, real = [], torch.Tensor.div_
     monkeypatch.setattr(torch.Tensor, "div_", lambda self, other: divisors.append(other)

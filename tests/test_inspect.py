@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from toolkit import card
-from toolkit.imageio import open_rgb
+from toolkit.train import presets
+from toolkit.data.images import open_rgb
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_modes_sizes_and_formats(dirty_report):
 
 def test_every_usable_image_decodes_to_rgb(dirty_data):
     """What inspect calls usable, training can read: every mode becomes 8-bit RGB."""
-    from toolkit.scan import scan_folder
+    from toolkit.data.scan import scan_folder
 
     scan = scan_folder(dirty_data)
     assert len(scan.samples) == 10
@@ -155,18 +155,18 @@ def test_tiny_clean_folder(cli, tiny_data):
     (60000, "resnet50", 1e-4, "3-5", 32, "light"),
 ])
 def test_preset_for(n, arch, lr, epochs, batch, augment):
-    preset = card.preset_for(n)
+    preset = presets.preset_for(n)
     assert (preset.arch, preset.lr, preset.epochs_range, preset.batch_size, preset.augment) == \
         (arch, lr, epochs, batch, augment)
     lo, hi = (int(x) for x in preset.epochs_range.split("-"))
     assert lo <= preset.epochs <= hi
     for name, value in (("lr", preset.lr), ("batch_size", preset.batch_size),
                         ("epochs", preset.epochs)):
-        card.check_range(name, value)  # presets never leave the card's own ranges
+        presets.check_range(name, value)  # presets never leave the card's own ranges
     assert not any("expect weak results" in note for note in preset.notes)
     assert any("ViT" in note for note in preset.notes) == (n > 50_000)
 
 
 def test_weak_warning_only_below_500_images():
-    assert any("Only 499 images" in note for note in card.preset_for(499).notes)
-    assert not any("expect weak results" in note for note in card.preset_for(500).notes)
+    assert any("Only 499 images" in note for note in presets.preset_for(499).notes)
+    assert not any("expect weak results" in note for note in presets.preset_for(500).notes)

@@ -25,8 +25,9 @@ def int8_hostile(tiny_data, tmp_path_factory) -> Path:
     """
     import torch
 
-    from toolkit.bundle import Bundle
-    from toolkit.train import TrainConfig, fit
+    from toolkit.core.bundle import Bundle
+    from toolkit.train.config import TrainConfig
+    from toolkit.train.session import fit
 
     base = tmp_path_factory.mktemp("int8")
     fit(TrainConfig(data_dir=str(tiny_data), out=str(base / "run"), arch="resnet18",
@@ -107,7 +108,7 @@ def test_when_nothing_passes_it_exits_3_naming_the_best_try_and_the_next_flag(in
 
 
 def test_parity_splits_flips_into_ties_and_confident_ones():
-    from toolkit.metrics import parity
+    from toolkit.core.metrics import parity
 
     ref = np.array([[5.0, 0.0], [0.51, 0.49], [0.0, 5.0], [4.0, 0.0]])  # row 1: a near-tie
     cand = np.array([[0.0, 5.0], [0.49, 0.51], [0.0, 5.0], [4.0, 0.0]])  # flips rows 0 and 1

@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import TINY_TRAIN, assert_user_error, write_class_images
 
-from toolkit import recipe
-from toolkit.loop import Runtime, StepOptions, optimizer_steps, train_one_epoch, warmup_cosine
+from toolkit.train import recipe
+from toolkit.train.loop import Runtime, StepOptions, optimizer_steps, train_one_epoch, warmup_cosine
 
 CPU = Runtime("cpu", None)
 
@@ -89,7 +89,7 @@ def test_ema_differs_from_raw_and_follows_the_decay_warmup():
 
 
 def test_frozen_backbone_weights_are_unchanged():
-    from toolkit.model import build_model
+    from toolkit.train.model import build_model
 
     model = build_model("resnet18", 3, "none")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -109,7 +109,7 @@ def test_frozen_backbone_weights_are_unchanged():
 
 
 def test_recipe_defaults_follow_the_weights_and_the_augmentation():
-    from toolkit.train import TrainConfig, resolve
+    from toolkit.train.config import TrainConfig, resolve
 
     base = dict(data_dir="d", out="o", epochs=3)
     pre = resolve(TrainConfig(**base, weights="imagenet"), 100, "cpu")
@@ -140,7 +140,7 @@ def test_balance_picks_by_the_imbalance_ratio():
 
 
 def test_gpu_path_policy_and_erasing_change_the_batch():
-    from toolkit.batch_augment import random_erasing, trivial_augment
+    from toolkit.data.gpu_augment import random_erasing, trivial_augment
 
     x = torch.randint(0, 256, (64, 3, 16, 16)).float()  # uint8 values, as after the crop
     out = trivial_augment(x.clone(), torch.Generator().manual_seed(0))
@@ -152,7 +152,7 @@ def test_gpu_path_policy_and_erasing_change_the_batch():
 
 
 def test_cpu_batch_size_is_picked_by_memory():
-    from toolkit.model import build_model
+    from toolkit.train.model import build_model
 
     batch, why = recipe.cpu_batch_size(build_model("resnet18", 3, "none"), 32)
     assert batch in recipe.BATCH_CANDIDATES and "picked by memory" in why
@@ -163,7 +163,8 @@ def test_cpu_batch_size_is_picked_by_memory():
 # -- whole runs ---------------------------------------------------------------------------
 
 def _fit(data, out, **kw):
-    from toolkit.train import TrainConfig, fit
+    from toolkit.train.config import TrainConfig
+    from toolkit.train.session import fit
 
     options = dict(arch="resnet18", weights="none", image_size=32, epochs=1, batch_size=4,
                    device="cpu", seed=0)
@@ -177,7 +178,7 @@ def _load(path):
 
 def _scripted_accuracy(monkeypatch, raw, ema=None):
     """Validation accuracies by epoch for the raw (and EMA) weights, in place of measured ones."""
-    from toolkit import session
+    from toolkit.train import session
 
     real, calls = session.classification, {"raw": 0, "ema": 0}
 

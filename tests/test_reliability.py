@@ -26,7 +26,7 @@ pytest.importorskip("tritonclient.http")
 pytest.importorskip("tritonclient.grpc")
 
 from conftest import popen_rtk  # noqa: E402
-from toolkit.errors import RtkError  # noqa: E402
+from toolkit.core.errors import RtkError  # noqa: E402
 from test_triton_serve import _tritonserver_missing  # noqa: E402
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow,
@@ -40,7 +40,7 @@ OVERLOAD = re.compile(r"Exceeds maximum queue size|Request timeout expired")
 @pytest.fixture(scope="module")
 def deployed(tiny_bundle, tmp_path_factory):
     """The tiny bundle, exported, with two repositories: default queues and a small one."""
-    from toolkit.bundle import Bundle
+    from toolkit.core.bundle import Bundle
     from toolkit.export import ExportOptions, export
     from toolkit.triton import RepoOptions, write_repository
 
@@ -151,7 +151,7 @@ def _infer_once(lib, client, image: bytes):
 
 
 def _image(bundle) -> bytes:
-    from toolkit.evaluate import validation_samples
+    from toolkit.backends.run import validation_samples
 
     return validation_samples(bundle)[0][0].read_bytes()
 
@@ -262,7 +262,7 @@ def test_load_model_serves_only_the_named_models_and_still_heals(deployed):
 def test_rtk_client_rides_through_a_backend_crash(deployed, protocol):
     """The triton backend of eval/predict retries while the model is reloaded: no error."""
     from toolkit.backends import open_backend
-    from toolkit.evaluate import validation_samples
+    from toolkit.backends.run import validation_samples
 
     images = [p.read_bytes() for p, _ in validation_samples(deployed)[:4]]
     with rtk_serve(deployed.root.parent / "repo") as serving:

@@ -14,9 +14,9 @@ import pytest
 
 from conftest import TINY_TRAIN, assert_user_error, popen_rtk, rtk_command
 
-from toolkit.bundle import Bundle
-from toolkit.errors import RtkError
-from toolkit.lock import bundle_lock
+from toolkit.core.bundle import Bundle
+from toolkit.core.errors import RtkError
+from toolkit.core.lock import bundle_lock
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "binary", "not a manifest", "no artifacts"])

@@ -204,7 +204,7 @@ def test_triton_writing_into_a_locked_run_is_refused(tmp_path, cli):
     from conftest import assert_user_error
     from test_triton_repo import fake_bundle
 
-    from toolkit.lock import bundle_lock
+    from toolkit.core.lock import bundle_lock
 
     bundle = fake_bundle(tmp_path / "run")
     with bundle_lock(bundle.root, "a test"):

@@ -17,8 +17,8 @@ import pytest
 
 pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
-from toolkit.bundle import Bundle  # noqa: E402
-from toolkit.errors import RtkError  # noqa: E402
+from toolkit.core.bundle import Bundle  # noqa: E402
+from toolkit.core.errors import RtkError  # noqa: E402
 from toolkit.triton import RepoOptions, verify_repository, write_repository  # noqa: E402
 from toolkit.triton import configs, repository  # noqa: E402
 
@@ -77,7 +77,7 @@ def test_python_platform_layout(bundle, tmp_path):
     assert files["pets_classifier/1/model.onnx"] == b"onnx-fp32"
     assert files["pets_classifier/labels.txt"].decode().splitlines() == CLASSES
     assert files["pets/labels.txt"] == files["pets_classifier/labels.txt"]
-    imageio = (Path(repository.__file__).parent.parent / "imageio.py").read_bytes()
+    imageio = (Path(repository.__file__).parent.parent / "data" / "images.py").read_bytes()
     assert files["pets_preprocess/1/imageio.py"] == imageio  # the very same transform code
     assert "import torch" not in files["pets_preprocess/1/model.py"].decode()
     warm = files["pets_preprocess/warmup/sample_image.bin"]

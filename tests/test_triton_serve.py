@@ -26,7 +26,7 @@ pytest.importorskip("tritonclient.grpc")
 
 from conftest import assert_user_error, popen_rtk  # noqa: E402
 
-from toolkit.errors import RtkError  # noqa: E402
+from toolkit.core.errors import RtkError  # noqa: E402
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,7 +76,7 @@ def _drain(stream, sink: list) -> threading.Thread:
 
 @pytest.fixture(scope="module")
 def served(tiny_bundle, tmp_path_factory):
-    from toolkit.bundle import Bundle
+    from toolkit.core.bundle import Bundle
     from toolkit.export import ExportOptions, export
     from toolkit.triton import RepoOptions, write_repository
     from toolkit.triton.server import free_port
@@ -113,7 +113,7 @@ def served(tiny_bundle, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images(served) -> list[Path]:
-    from toolkit.evaluate import validation_samples
+    from toolkit.backends.run import validation_samples
 
     return [p for p, _ in validation_samples(served.bundle)]
 
@@ -121,7 +121,7 @@ def images(served) -> list[Path]:
 @pytest.fixture(scope="module")
 def local_logits(served, images) -> np.ndarray:
     from toolkit.backends import open_backend
-    from toolkit.evaluate import run_backend
+    from toolkit.backends.run import run_backend
 
     with open_backend("onnxruntime", served.bundle) as ort:
         return run_backend(ort, images, served.bundle.preprocessing)
@@ -143,7 +143,7 @@ def test_announces_endpoints(served):
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_tensor_path_matches_local_onnxruntime(served, images, local_logits, protocol):
-    from toolkit.evaluate import run_backend
+    from toolkit.backends.run import run_backend
 
     with _client(served, protocol, send_bytes=False) as client:
         assert not client.accepts_bytes and client.model == "tiny_classifier"
@@ -154,7 +154,7 @@ def test_tensor_path_matches_local_onnxruntime(served, images, local_logits, pro
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_bytes_path_through_the_ensemble(served, images, local_logits, protocol):
-    from toolkit.evaluate import run_backend
+    from toolkit.backends.run import run_backend
 
     with _client(served, protocol, send_bytes=True) as client:
         assert client.accepts_bytes and client.model == "tiny"
@@ -169,7 +169,7 @@ def test_bytes_path_through_the_ensemble(served, images, local_logits, protocol)
 @pytest.mark.parametrize("protocol,send_bytes", [("http", True), ("grpc", False)])
 def test_labels_from_the_classification_extension(served, images, local_logits, protocol,
                                                   send_bytes):
-    from toolkit.imageio import eval_uint8, open_rgb
+    from toolkit.data.images import eval_uint8, open_rgb
 
     pre, classes = served.bundle.preprocessing, served.bundle.classes
     x = ([p.read_bytes() for p in images[:4]] if send_bytes
@@ -255,7 +255,7 @@ def test_client_errors_are_user_errors(served, tmp_path):
     other = shutil.copytree(served.bundle.root, tmp_path / "other")
     (other / "manifest.json").write_text((other / "manifest.json").read_text().replace(
         served.bundle.manifest["artifacts"]["model.onnx"]["sha256"], "0" * 64))
-    from toolkit.bundle import Bundle
+    from toolkit.core.bundle import Bundle
 
     with pytest.raises(RtkError, match="No ready ensemble"):
         open_backend("triton", Bundle.load(other), url=served.url("http"))

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .bundle import Bundle, read_json
-from .fileio import write_json, write_text
+from .core.bundle import Bundle, read_json
+from .core.files import write_json, write_text
 
 REPORT = "report.html"
 LINKS = "report/links.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import RtkError
+from ..core.errors import RtkError
 from .base import Backend
 
 # Adding a runtime = one module + one line here.

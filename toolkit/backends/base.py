@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 
 class Backend(abc.ABC):
-    """A classifier runtime: uint8 NHWC images in (toolkit/contract.py), float32 logits out."""
+    """A classifier runtime: uint8 NHWC images in (toolkit/core/contract.py), float32 logits out."""
 
     name: ClassVar[str]
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
@@ -34,7 +34,7 @@ class Backend(abc.ABC):
         """`x` as a contiguous uint8 NHWC batch, or an RtkError naming the expected shape."""
         import numpy as np
 
-        from ..contract import check_batch
+        from ..core.contract import check_batch
 
         check_batch(x, self.bundle.preprocessing["crop"])
         return np.ascontiguousarray(x)

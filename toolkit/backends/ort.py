@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
-from ..errors import require
-from ..machine import usable_cores
+from ..core.errors import require
+from ..core.host import usable_cores
 from .base import Backend
 
 
@@ -50,7 +50,7 @@ class OrtFP32(Backend):
         if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             return "onnxruntime has no CUDA provider here: pip install 'rtk[gpu]' on a GPU host"
         if cls.artifact not in bundle.manifest.get("artifacts", {}):
-            from ..bundle import make_hint
+            from ..core.bundle import make_hint
 
             return f"no {cls.artifact} in the run: {make_hint(cls.artifact, bundle.root)}"
         return super().availability(bundle, device)

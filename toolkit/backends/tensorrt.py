@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import require
+from ..core.errors import require
 from .base import Backend
 
 
@@ -19,7 +19,7 @@ class TensorRTEngine(Backend):
 
     @classmethod
     def availability(cls, bundle, device):
-        from ..machine import tensorrt_ready
+        from ..core.host import tensorrt_ready
 
         reason = tensorrt_ready()
         if reason:
@@ -37,7 +37,7 @@ class TensorRTEngine(Backend):
         blob = bundle.artifact(self.artifact, trusted=trusted_only).read_bytes()
         self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(blob)
         if self.engine is None:
-            from ..errors import RtkError
+            from ..core.errors import RtkError
 
             raise RtkError("TensorRT could not deserialize the engine.",
                            "Engines are tied to the TensorRT version and GPU that built them; "
@@ -62,7 +62,7 @@ class TensorRTEngine(Backend):
         host = torch.from_numpy(self.images(x)).pin_memory()
         inp = host.to("cuda", non_blocking=True)
         if not self.context.set_input_shape(self.input, tuple(inp.shape)):
-            from ..errors import RtkError
+            from ..core.errors import RtkError
 
             raise RtkError(f"The engine refused input shape {tuple(inp.shape)}.",
                            f"Its profile allows batches 1 to {self.max_batch}.")
@@ -83,7 +83,7 @@ def enqueue(context, stream_handle: int, batch: int) -> None:
     """Queue one inference; TensorRT reports a failed enqueue only by returning False, and
     the output buffer then holds whatever torch.empty left there."""
     if not context.execute_async_v3(stream_handle):
-        from ..errors import RtkError
+        from ..core.errors import RtkError
 
         raise RtkError(f"TensorRT failed to enqueue a batch of {batch} (execute_async_v3 "
                        "returned False; its log above says why).",

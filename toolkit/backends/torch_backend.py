@@ -1,6 +1,6 @@
 """PyTorch backends: eager FP32 (the reference), autocast, torch.compile, and a half-precision model.
 
-Every one takes the contract's uint8 NHWC batch (toolkit/contract.py): the normalisation runs
+Every one takes the contract's uint8 NHWC batch (toolkit/core/contract.py): the normalisation runs
 inside the module, on the device, so only uint8 bytes cross to it.
 """
 
@@ -33,9 +33,9 @@ class TorchEager(Backend):
         super().__init__(bundle, device)
         import torch
 
-        from ..contract import with_preprocessing
-        from ..loop import pick_amp_dtype
-        from ..model import load_bundle_model
+        from ..core.contract import with_preprocessing
+        from ..core.host import pick_amp_dtype
+        from ..train.model import load_bundle_model
 
         self.torch = torch
         net = load_bundle_model(bundle).to(memory_format=torch.channels_last)
@@ -90,8 +90,8 @@ class TorchHalf(Backend):
         super().__init__(bundle, device)
         import torch
 
-        from ..contract import with_preprocessing
-        from ..model import load_bundle_model
+        from ..core.contract import with_preprocessing
+        from ..train.model import load_bundle_model
 
         self.torch = torch
         self.half = torch.float16 if device == "cuda" else torch.bfloat16

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from ..errors import RtkError, require
+from ..core.errors import RtkError, require
 from . import retry
 from .base import Backend
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..fileio import write_json, write_text
+from ..core.files import write_json, write_text
 
 BASELINE = ("torch", "cpu")
 
@@ -93,7 +93,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def plot_throughput(results: list[dict], path: Path) -> None:
-    from ..report import _pyplot, _save
+    from ..ui.plots import _pyplot, _save
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -117,7 +117,7 @@ def plot_throughput(results: list[dict], path: Path) -> None:
 
 
 def plot_triton(results: list[dict], path: Path) -> None:
-    from ..report import _pyplot, _save
+    from ..ui.plots import _pyplot, _save
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))

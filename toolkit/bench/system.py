@@ -7,7 +7,7 @@ import platform
 import subprocess
 import time
 
-from ..machine import usable_cores
+from ..core.host import usable_cores
 
 
 def cpu_model() -> str:
@@ -47,7 +47,7 @@ def gpu() -> dict:
 
 def environment() -> dict:
     """Everything needed to judge and reproduce a benchmark run."""
-    from ..bundle import _git_commit
+    from ..core.bundle import _git_commit
 
     cores = usable_cores()
     libs = ["torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt",

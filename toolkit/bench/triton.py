@@ -116,7 +116,7 @@ def server_rss_mb() -> float | None:
 def sweep_point(bundle, client, protocol: str, url: str, payloads: list[bytes], concurrency: int,
                 seconds: float, agreement: float) -> dict[str, Any]:
     """One row of the sweep: client latency and throughput next to Triton's own timings."""
-    from . import row
+    from .common import row
 
     before = server_stats(client.client, protocol)
     res = load(bundle, protocol, url, payloads, concurrency, seconds)
@@ -134,7 +134,7 @@ def sweep_point(bundle, client, protocol: str, url: str, payloads: list[bytes], 
 
 def bench_triton(bundle, opts, images, reference, echo: Callable = print) -> dict[str, Any]:
     """Parity through the server, then the sweep per protocol, then the optional soak."""
-    from . import PARITY_IMAGES, agreement, parity_floor, row, sample_paths
+    from .common import PARITY_IMAGES, agreement, parity_floor, row, sample_paths
 
     paths = sample_paths(bundle, PARITY_IMAGES)
     payloads = [p.read_bytes() for p in paths]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..bundle import MANIFEST, Bundle
-from ..errors import RtkError
+from ..core.bundle import MANIFEST, Bundle
+from ..core.errors import RtkError
 from ..triton.repository import default_name, model_names, verify_repository
 
 ROLES = ("ensemble", "preprocess", "classifier", "postprocess")

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import RtkError
+from ..core.errors import RtkError
 
 # Keep equal to NGC_RELEASE in the Dockerfile and compose.yaml: a TensorRT plan only loads on the
 # TensorRT release that built it, so every Triton that serves rtk's repositories uses one release.

@@ -14,7 +14,7 @@ OPERATOR_PORT = ("pytorchjob-port", 23456)  # the training operator's port name 
 JOB_PORT = ("torch-dist", 29500)  # torchrun's default master port
 
 # Sourced by every training pod on every (re)start: the resume decision must be taken per
-# attempt, never baked into the manifest. Rank 0 alone writes the bundle (toolkit.session).
+# attempt, never baked into the manifest. Rank 0 alone writes the bundle (toolkit.train.session).
 RESUME = """\
 set -eu
 resume=""

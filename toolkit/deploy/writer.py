@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import __version__
-from ..errors import RtkError
-from ..fileio import umask, write_text
+from ..core.errors import RtkError
+from ..core.files import umask, write_text
 from . import kserve, monitoring, serving, storage, training
 from .options import DEFAULT_IMAGE, NGC_RELEASE, DeployOptions, Plan, resolve
 

@@ -7,9 +7,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..bundle import Bundle
-from ..errors import GateFailed, RtkError
-from ..machine import tensorrt_ready
+from ..core.bundle import Bundle
+from ..core.errors import GateFailed, RtkError
+from ..core.host import tensorrt_ready
 from .gate import Tolerances, judge, measure
 
 
@@ -143,7 +143,7 @@ class Gate:
 
     def __init__(self, bundle: Bundle, opts: ExportOptions, echo: Callable, progress: bool):
         from ..backends import open_backend
-        from ..evaluate import folder_samples, run_backend, validation_samples
+        from ..backends.run import folder_samples, run_backend, validation_samples
 
         self.bundle, self.opts, self.progress = bundle, opts, progress
         samples = folder_samples(bundle, opts.data_dir) if opts.data_dir else validation_samples(bundle)

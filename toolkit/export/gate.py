@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..metrics import parity
+from ..core.metrics import parity
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def measure(bundle, backend_name: str, device: str, paths: Sequence[Path], label
             reference: np.ndarray, progress: bool = False) -> dict[str, Any]:
     """Parity of one backend (artifacts opened even if not yet trusted) against `reference`."""
     from ..backends import open_backend
-    from ..evaluate import run_backend
+    from ..backends.run import run_backend
 
     with open_backend(backend_name, bundle, device, trusted_only=False) as backend:
         logits = run_backend(backend, paths, bundle.preprocessing, 32, progress)

@@ -12,8 +12,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..bundle import Bundle
-from ..fileio import atomic_path
+from ..core.bundle import Bundle
+from ..core.files import atomic_path
 from .int8_search import Int8Config, Probe, Search, images_per_second, search
 from .precision import prepare_for_int8, to_int8
 
@@ -66,7 +66,7 @@ def stratified_order(bundle: Bundle, seed: int = 0) -> list[tuple[Path, int]]:
 
 
 def _load(samples: list[tuple[Path, int]], pre: dict) -> np.ndarray:
-    from ..evaluate import batches
+    from ..backends.run import batches
 
     return np.concatenate(list(batches([p for p, _ in samples], pre, 64)))
 

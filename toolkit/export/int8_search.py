@@ -20,8 +20,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..errors import require
-from ..metrics import parity
+from ..core.errors import require
+from ..core.metrics import parity
 from .gate import Tolerances, judge
 
 METHODS = ("minmax", "entropy", "percentile")

@@ -1,6 +1,6 @@
 """FP32 ONNX export with a dynamic batch dimension, checked and self-describing.
 
-The graph takes the contract's uint8 NHWC images (toolkit/contract.py) and normalises them in
+The graph takes the contract's uint8 NHWC images (toolkit/core/contract.py) and normalises them in
 its first ops, so every artifact derived from it (FP16, INT8, TensorRT) does the same.
 """
 
@@ -10,9 +10,9 @@ import json
 import warnings
 from pathlib import Path
 
-from ..bundle import Bundle
-from ..errors import RtkError, require
-from ..fileio import atomic_path
+from ..core.bundle import Bundle
+from ..core.errors import RtkError, require
+from ..core.files import atomic_path
 
 MIN_OPSET = 17
 
@@ -21,8 +21,8 @@ def export_onnx(bundle: Bundle, opset: int = 18, max_batch: int = 64) -> Path:
     """Export model.pt to model.onnx; the batch dimension is symbolic and verified."""
     import torch
 
-    from ..contract import input_spec, with_preprocessing
-    from ..model import load_bundle_model
+    from ..core.contract import input_spec, with_preprocessing
+    from ..train.model import load_bundle_model
 
     onnx = require("onnx", "onnx")
     require("onnxscript", "onnx")  # the dynamo exporter needs it

@@ -11,8 +11,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import require
-from ..fileio import atomic_path
+from ..core.errors import require
+from ..core.files import atomic_path
 
 
 def to_fp16(src: Path, dst: Path) -> str:
@@ -109,7 +109,7 @@ def to_int8(prepared: Path, dst: Path, calibration: Iterator[np.ndarray] | None,
             return None if batch is None else {input_name: batch}
 
     extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True}
-    # The contract's normalisation (toolkit/contract.py) stays float: quantized, its per-pixel
+    # The contract's normalisation (toolkit/core/contract.py) stays float: quantized, its per-pixel
     # Mul and Add ran as QLinearMul/QLinearAdd at full resolution, 20% of ResNet-50's time here.
     float_prefix = preprocessing_nodes(prepared)
     cached = {"calibration_cache_path": str(cache)} if cache is not None else {}

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from ..bundle import MANIFEST, Bundle
+from ..core.bundle import MANIFEST, Bundle
 
 
 @contextlib.contextmanager

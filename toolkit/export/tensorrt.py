@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import RtkError, require
-from ..fileio import atomic_path, write_bytes
+from ..core.errors import RtkError, require
+from ..core.files import atomic_path, write_bytes
 
 
 def gpu_info() -> dict:

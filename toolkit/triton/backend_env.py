@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import RtkError
+from ..core.errors import RtkError
 
 ENV_VAR = "RTK_TRITON_ENV"
 # The server and the stub's numpy cap, plus what rtk's repository models import on a CPU

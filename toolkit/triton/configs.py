@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import RtkError, require
+from ..core.errors import RtkError, require
 
 # NumPy dtype names (as recorded by `rtk export`) to Triton data types.
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64",

@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import RtkError
+from ..core.errors import RtkError
 from . import backend_env
 
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..bundle import Bundle
-from ..errors import RtkError
-from ..fileio import umask
+from ..core.bundle import Bundle
+from ..core.errors import RtkError
+from ..core.files import umask
 from . import configs
 from .configs import Serving, Tensor
 
@@ -145,7 +145,7 @@ def cpu_layout(opts: RepoOptions) -> tuple[int, int | None]:
     instances overlap Python and queueing with compute, and threads beyond a share would only
     fight each other. On GPU, one instance and the runtime's own threading.
     """
-    from ..machine import usable_cores
+    from ..core.host import usable_cores
 
     if opts.kind != "cpu":
         return opts.instances or 1, None
@@ -225,17 +225,17 @@ def _write_model(folder: Path, role: str, config, bundle: Bundle, artifact: str)
         target = "model.plan" if artifact.endswith(".plan") else "model.onnx"  # any precision
         shutil.copyfile(bundle.path(artifact), version / target)
         if config.backend == "python":
-            shutil.copyfile(HERE / "classifier_model.py", version / "model.py")
+            shutil.copyfile(HERE / "models" / "classifier.py", version / "model.py")
     elif role == "preprocess":
-        shutil.copyfile(HERE / "preprocess_model.py", version / "model.py")
-        shutil.copyfile(HERE.parent / "imageio.py", version / "imageio.py")
+        shutil.copyfile(HERE / "models" / "preprocess.py", version / "model.py")
+        shutil.copyfile(HERE.parent / "data" / "images.py", version / "imageio.py")
         if config.instance_group[0].kind == configs.pb().ModelInstanceGroup.KIND_GPU:
-            shutil.copyfile(HERE / "gpu_decode.py", version / "gpu_decode.py")
+            shutil.copyfile(HERE / "models" / "gpu_decode.py", version / "gpu_decode.py")
         (folder / "warmup").mkdir()
         (folder / "warmup" / configs.WARMUP_FILE).write_bytes(
             _warmup_bytes(bundle.preprocessing["crop"]))
     elif role == "postprocess":
-        shutil.copyfile(HERE / "postprocess_model.py", version / "model.py")
+        shutil.copyfile(HERE / "models" / "postprocess.py", version / "model.py")
     else:
         (version / ".gitkeep").write_text("")  # Triton needs the version folder, git a file
 

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..errors import RtkError
+from ..core.errors import RtkError
 from .install import find_tritonserver
 from .repository import verify_repository
 

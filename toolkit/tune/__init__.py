@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..bundle import Bundle
-from ..errors import RtkError
+from ..core.bundle import Bundle
+from ..core.errors import RtkError
 from .space import Candidate, coordinate_ascent, space_for
 
 ARTIFACT_KEYS = {"model.onnx": "onnx", "model.fp16.onnx": "fp16", "model.int8.onnx": "int8"}
@@ -46,7 +46,7 @@ def trusted_artifacts(bundle: Bundle) -> list[str]:
 
 def tune(bundle: Bundle, opts: TuneOptions, echo: Callable = print) -> dict[str, Any]:
     """Search, measure, pick, write the winner's repository; returns the report object."""
-    from ..machine import usable_cores
+    from ..core.host import usable_cores
     from ..triton import RepoOptions
     from ..triton.repository import build_configs
     from .measure import Bench

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..bundle import Bundle
-from ..errors import RtkError
+from ..core.bundle import Bundle
+from ..core.errors import RtkError
 from .space import Candidate
 
 LOAD_ORDER = ("preprocess", "classifier", "postprocess", "ensemble")
@@ -34,7 +34,7 @@ class Bench:
         self.server = self.client = self.control = None
 
     def start(self, first: Candidate) -> "Bench":
-        from ..bench import sample_paths
+        from ..bench.common import sample_paths
         from ..triton import write_repository
         from ..triton.server import TritonServer, free_port
         from ..triton.watchdog import ModelControl
@@ -51,7 +51,7 @@ class Bench:
 
     def measure(self, candidate: Candidate) -> list[dict[str, Any]]:
         """One row per concurrency (or one row saying why the candidate could not be measured)."""
-        from ..bench import row
+        from ..bench.common import row
 
         try:
             self._load(candidate)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..fileio import write_json, write_text
+from ..core.files import write_json, write_text
 
 
 def pareto(points: list[dict]) -> list[dict]:
@@ -52,7 +52,7 @@ def _same(a: dict, b: dict | None) -> bool:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    from ..report import _pyplot, _save
+    from ..ui.plots import _pyplot, _save
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))

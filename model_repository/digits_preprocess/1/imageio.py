@@ -4,7 +4,7 @@ This file is also copied into the Triton preprocessing model, so it must not imp
 torch or anything from rtk: the served transform is the very code used everywhere else.
 It reproduces torchvision's Resize(short side, bilinear, antialias) + CenterCrop on PIL
 images; `eval_uint8` is what every artifact takes (they normalise inside, see
-toolkit/contract.py) and `eval_array` adds ToTensor + Normalize for training.
+toolkit/core/contract.py) and `eval_array` adds ToTensor + Normalize for training.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def eval_array(img: Image.Image, pre: dict) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-# Which JPEGs nvJPEG gets: one rule for training (toolkit/gpu_input.py) and for Triton's
-# preprocessing model (toolkit/triton/gpu_decode.py), which has this file copied beside it.
+# Which JPEGs nvJPEG gets: one rule for training (toolkit/data/gpu_input.py) and for Triton's
+# preprocessing model (toolkit/triton/models/gpu_decode.py), which has this file copied beside it.
 _SOF_PLAIN = {0xC0, 0xC1, 0xC2}  # baseline, extended and progressive Huffman JPEG
 _XMP = b"http://ns.adobe.com/xap/1.0/"
 

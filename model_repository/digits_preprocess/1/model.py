@@ -1,11 +1,11 @@
 """Triton Python-backend model: encoded images (BYTES) in, uint8 NHWC eval crops out.
 
 Copied as model.py into the preprocessing model's version folder, next to a copy of
-toolkit/imageio.py, so the served transform is the very code rtk uses everywhere else.
+toolkit/data/images.py, so the served transform is the very code rtk uses everywhere else.
 On a KIND_CPU instance it imports only NumPy, PIL (through imageio) and
 triton_python_backend_utils. On a KIND_GPU instance it decodes JPEGs with nvJPEG through
 torchvision and hands the CUDA tensor itself (it has __dlpack__) to from_dlpack, with no
-host round trip (UNVERIFIED here: no GPU). The classifier normalises (toolkit/contract.py),
+host round trip (UNVERIFIED here: no GPU). The classifier normalises (toolkit/core/contract.py),
 so this step emits uint8: a quarter of the bytes of normalised float32.
 """
 

@@ -1,0 +1,51 @@
+"""What every command module shares: error handling and the backend names."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from ..backends import REGISTRY
+from ..core.errors import RtkError
+
+
+BACKENDS = list(REGISTRY)  # the registry module is light: no backend library is imported
+
+
+def _fail(message: str, hint: str | None, code: int) -> None:
+    click.secho(f"Error: {message}", fg="red", err=True)
+    if hint:
+        click.echo(f"Hint: {hint}", err=True)
+    sys.exit(code)
+
+
+def handled(fn):
+    """Turn RtkError (and unexpected crashes) into Error:/Hint: lines, not tracebacks."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        debug = click.get_current_context().find_root().params.get("debug")
+        try:
+            return fn(*args, **kwargs)
+        except RtkError as exc:
+            if debug:
+                raise
+            _fail(exc.message, exc.hint, exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("Interrupted.", None, 130)
+        except (click.ClickException, click.exceptions.Exit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if debug:
+                raise
+            import errno
+
+            # A full disk, a quota or a file-size limit: the user's to fix, not a bug to report.
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                _fail(f"Disk full while writing {exc.filename or 'a file'}: {exc.strerror}",
+                      "Free space (or raise the file-size limit) and re-run; rtk writes "
+                      "atomically: the previous files are unchanged.", 1)
+            _fail(f"{type(exc).__name__}: {exc}", "Re-run with `rtk --debug ...` for the traceback "
+                  "and report it if it looks like a bug.", 1)
+    return wrapper

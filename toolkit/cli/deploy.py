@@ -1,0 +1,60 @@
+"""`rtk deploy`: Kubernetes manifests (Kustomize) for a run or a Triton model repository."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command()
+@click.argument("source", metavar="RUN_OR_REPO", type=click.Path())
+@click.option("--target", type=click.Choice(["kubernetes"]), default="kubernetes", show_default=True)
+@click.option("--out", "-o", default="deploy", show_default=True, type=click.Path(),
+              help="Folder to write (replaced whole if rtk deploy wrote it before).")
+@click.option("--name", help="Ensemble name, as given to `rtk triton --name` (default: as it derives).")
+@click.option("--replicas", default=2, show_default=True, help="Minimum Triton replicas (HPA).")
+@click.option("--max-replicas", type=int, help="Maximum Triton replicas (default: 4 x --replicas).")
+@click.option("--gpu/--cpu", "gpu", default=True, show_default=True,
+              help="Resources for KServe and training (both serving overlays are written).")
+@click.option("--image", help="Serving image: NGC Triton + Pillow, built from OUT/image "
+              "(default: rtk-triton:<NGC release>).")
+@click.option("--repo-uri", help="s3://BUCKET/PATH or pvc:CLAIM[/PATH] (default: pvc:<name>-models).")
+@click.option("--nodes", default=2, show_default=True, help="Training pods (torchrun --nnodes).")
+@click.option("--nproc-per-node", default=1, show_default=True, help="Training processes (GPUs) per pod.")
+@click.option("--train-image", help="Training image from the repository's Dockerfile "
+              "(default: rtk:<NGC release>).")
+@click.option("--shared-pvc", help="ReadWriteMany claim for training data and runs "
+              "(default: <name>-shared).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def deploy(source, target, out, name, replicas, max_replicas, gpu, image, repo_uri, nodes,
+           nproc_per_node, train_image, shared_pvc, as_json):
+    """Write Kubernetes manifests for RUN_OR_REPO: Triton serving, KServe, multi-node training."""
+    from .common import handled
+
+    handled(_deploy)(source, target, out, name, replicas, max_replicas, gpu, image, repo_uri,
+                     nodes, nproc_per_node, train_image, shared_pvc, as_json)
+
+
+def _deploy(source, target, out, name, replicas, max_replicas, gpu, image, repo_uri, nodes,
+            nproc_per_node, train_image, shared_pvc, as_json):
+    from ..deploy import DeployOptions, write_deployment
+    from ..deploy.options import DEFAULT_IMAGE, DEFAULT_TRAIN_IMAGE
+
+    opts = DeployOptions(source=source, out=out, target=target, name=name, replicas=replicas,
+                         max_replicas=max_replicas, kind="gpu" if gpu else "cpu",
+                         image=image or DEFAULT_IMAGE, repo_uri=repo_uri, nodes=nodes,
+                         nproc_per_node=nproc_per_node, train_image=train_image or DEFAULT_TRAIN_IMAGE,
+                         shared_pvc=shared_pvc)
+    summary = write_deployment(opts, echo=lambda m: click.echo(m, err=True))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"Ensemble {summary['models']['ensemble']!r} from {summary['repo_uri']}, "
+               f"{summary['replicas']}-{summary['max_replicas']} Triton replicas; "
+               f"training on {summary['nodes']} x {summary['nproc_per_node']} {summary['kind']}.")
+    click.echo(f"Serve:  kubectl apply -k {out}/overlays/{summary['kind']}")
+    click.echo(f"Train:  kubectl apply -k {out}/training/pytorchjob   (or training/indexed-job)")
+    click.echo(f"Guide:  {out}/README.md")
+    for warning in summary["warnings"]:
+        click.echo(f"Note: {warning}", err=True)

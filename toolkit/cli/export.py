@@ -1,0 +1,94 @@
+"""`rtk export`: options and the parity table."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def parity_table(rows: list[dict]) -> None:
+    from ..ui import console as ui
+
+    ui.table("Accuracy gate (artifact vs PyTorch eager FP32)",
+             ["artifact", "backend", "n", "top-1", "ref top-1", "delta pts (95% CI)", "agreement",
+              "flips: confident / near-tie", "max |diff|", "rule", "result"],
+             [[r["artifact"], r["backend"], r["n"], r["top1"], r["reference_top1"],
+               "{:+.2f} ({:+.2f}..{:+.2f})".format(r["top1_delta_points"], *r["top1_delta_ci95"]),
+               f"{r['agreement']:.2%}", f"{r['flips_confident']} / {r['flips_near_tie']}",
+               f"{r['max_abs_diff']:.2e}", r["rule"], "PASS" if r["passed"] else "FAIL"]
+              for r in rows])
+    for r in rows:
+        for warning in r.get("warnings", []):
+            click.secho(f"Warning: {r['artifact']}: {warning}", fg="yellow", err=True)
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--fp16", is_flag=True, help="Also an FP16 graph (and a TensorRT engine on a GPU host).")
+@click.option("--int8", is_flag=True, help="Also a calibrated static INT8 (Q/DQ) graph.")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "tensorrt", "all"]), default="all",
+              show_default=True, help="tensorrt fails on hosts without TensorRT and a GPU.")
+@click.option("--opset", default=18, show_default=True)
+@click.option("--max-batch", default=64, show_default=True,
+              type=click.IntRange(min=1), help="Largest batch (engine profile max).")
+@click.option("--calib-size", default=256, show_default=True,
+              type=click.IntRange(min=1), help="INT8 calibration images.")
+@click.option("--int8-scheme", type=click.Choice(["cpu", "tensorrt"]), default="cpu", show_default=True,
+              help="cpu: uint8 activations, fast in ONNX Runtime; tensorrt: symmetric int8 "
+                   "activations for TensorRT explicit quantization.")
+@click.option("--int8-search", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+              help="auto: when the first INT8 calibration fails its gate, search calibration "
+                   "methods, set size, per-channel weights and layers kept in float, judged on "
+                   "training images kept out of calibration (at most 3 held-out looks).")
+@click.option("--int8-budget", default=12, show_default=True, type=click.IntRange(min=1),
+              help="Most INT8 quantizations the search may try.")
+@click.option("--opt-batch", type=click.IntRange(min=1),
+              help="TensorRT profile's optimal batch (default: half of --max-batch).")
+@click.option("--data", "data_dir", type=click.Path(), help="Gate on this folder, not the val split.")
+@click.option("--fp32-agreement", default=0.999, show_default=True)
+@click.option("--fp16-delta", default=0.3, show_default=True, help="Max top-1 loss in points.")
+@click.option("--int8-delta", default=1.0, show_default=True, help="Max top-1 loss in points.")
+@click.option("--fp16-agreement", default=0.99, show_default=True)
+@click.option("--int8-agreement", default=0.95, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the parity table as JSON.")
+def export(run_dir, as_json, fp32_agreement, fp16_delta, int8_delta, fp16_agreement,
+           int8_agreement, fmt, **options):
+    """Export RUN_DIR's model to ONNX (FP32/FP16/INT8) and TensorRT, each checked against PyTorch."""
+    from .common import handled
+    from ..export import Tolerances
+    from ..core.lock import locked  # one writer per run directory; readers are not blocked
+
+    tolerances = Tolerances(fp32_agreement, fp16_delta, int8_delta, fp16_agreement, int8_agreement)
+    handled(locked(_export, "rtk export"))(run_dir, as_json, format=fmt, tolerances=tolerances,
+                                           **options)
+
+
+def _export(run_dir, as_json, **options):
+    from ..core.bundle import Bundle
+    from ..core.errors import GateFailed
+    from .report import refreshed
+    from ..export import ExportOptions, export as run_export
+
+    bundle = Bundle.load(run_dir)
+    opts = ExportOptions(**options)
+
+    def echo(message: str) -> None:
+        click.echo(message, err=True)
+
+    try:
+        rows = run_export(bundle, opts, echo=echo, progress=not as_json)
+    except GateFailed:
+        rows = bundle.manifest.get("export", {}).get("parity", [])
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+        parity_table(rows)
+        refreshed(bundle.root)  # the page marks the untrusted artifact
+        raise
+    refreshed(bundle.root)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        parity_table(rows)
+        for r in rows:
+            click.echo(f"{bundle.root / r['artifact']}  trusted")

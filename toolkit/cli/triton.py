@@ -1,0 +1,185 @@
+"""`rtk triton` (write a model repository), `rtk serve` (run a real Triton server on it) and
+`rtk triton-env` (make the local server's own Python environment)."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import click
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--repo", default="model_repository", show_default=True, type=click.Path(),
+              help="Model repository to create or update.")
+@click.option("--name", help="Ensemble name (default: the run folder's name).")
+@click.option("--platform", type=click.Choice(["onnxruntime", "tensorrt", "python"]),
+              default="onnxruntime", show_default=True,
+              help="python: ONNX Runtime inside Triton's Python backend (nvidia-pytriton's server).")
+@click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--max-batch", type=int, help="max_batch_size (default: the artifact's largest batch).")
+@click.option("--artifact", type=click.Choice(["onnx", "fp16", "int8"]),
+              help="Classifier artifact (default: INT8 on --kind cpu when its gate trusted it, "
+                   "else FP32 model.onnx). An untrusted artifact is refused.")
+@click.option("--instances", type=click.IntRange(min=1),
+              help="Instances per model (default: one per 4 CPU cores on --kind cpu, 1 on gpu).")
+@click.option("--queue-delay-us", default=100, show_default=True, help="Dynamic batching delay.")
+@click.option("--trt-fp16", is_flag=True,
+              help="onnxruntime on GPU: enable the TensorRT execution accelerator in FP16.")
+@click.option("--target-tensorrt", help="tensorrt: TensorRT version of the serving host (default: here).")
+@click.option("--target-cc", help="tensorrt: GPU compute capability of the serving host (default: here).")
+@click.option("--max-queue-size", type=int,
+              help="Requests each model may queue; more are rejected at once (default: 4 x max "
+                   "batch x instances; 0: unbounded).")
+@click.option("--queue-timeout-ms", default=5000, show_default=True,
+              help="A request that waited this long in a model's queue is rejected (0: never).")
+@click.option("--json", "as_json", is_flag=True)
+def triton(run_dir, repo, name, platform, kind, max_batch, instances, queue_delay_us, trt_fp16,
+           target_tensorrt, target_cc, max_queue_size, queue_timeout_ms, as_json, artifact):
+    """Write a Triton model repository for RUN_DIR: classifier, preprocessing, ensemble."""
+    from .common import handled
+
+    handled(_triton)(run_dir, repo, name, platform, kind, max_batch, instances, queue_delay_us,
+                     trt_fp16, target_tensorrt, target_cc, as_json,
+                     max_queue_size=max_queue_size, queue_timeout_ms=queue_timeout_ms,
+                     artifact=artifact)
+
+
+def _triton(run_dir, repo, name, platform, kind, max_batch, instances, queue_delay_us, trt_fp16,
+            target_tensorrt, target_cc, as_json, **queue):
+    import contextlib
+    from pathlib import Path
+
+    from ..core.bundle import Bundle
+    from ..core.lock import bundle_lock
+    from ..triton import RepoOptions, write_repository
+
+    opts = RepoOptions(repo=repo, name=name, platform=platform, kind=kind, max_batch=max_batch,
+                       instances=instances, queue_delay_us=queue_delay_us, trt_fp16=trt_fp16,
+                       target_tensorrt=target_tensorrt, target_cc=target_cc, **queue)
+    inside = Path(run_dir).resolve() in Path(repo).resolve().parents  # writing into the bundle
+    with bundle_lock(run_dir, "rtk triton") if inside else contextlib.nullcontext():
+        summary = write_repository(Bundle.load(run_dir), opts,
+                                   echo=lambda m: click.echo(m, err=True))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    names = summary["names"]
+    click.echo(f"Ensemble {names['ensemble']!r} (image bytes in, {names['classifier']} on "
+               f"{platform}/{kind}, max batch {summary['max_batch']}) in {summary['repo']}")
+    click.echo(f"Classifier artifact: {summary['artifact']}, {summary['instances']} instance(s)"
+               + (f" x {summary['threads_per_instance']} ONNX Runtime threads"
+                  if summary["threads_per_instance"] else ""))
+    size, wait = summary["max_queue_size"], summary["queue_timeout_ms"]
+    click.echo(f"Queues: {f'at most {size}' if size else 'unbounded'} requests per model, "
+               f"{f'rejected after waiting {wait} ms' if wait else 'no wait limit'}")
+    click.echo(f"Serve it with: rtk serve {summary['repo']}")
+
+
+BACKEND_ENV_HELP = ("The local server's Python environment, made by `rtk triton-env` (default: "
+                    "$RTK_TRITON_ENV, else beside rtk's venv: .venv -> .venv-triton). Unused "
+                    "when tritonserver is on PATH (the NGC image).")
+
+
+@click.command()
+@click.argument("repo", default="model_repository", type=click.Path())
+@click.option("--http-port", default=8000, show_default=True)
+@click.option("--grpc-port", default=8001, show_default=True)
+@click.option("--metrics-port", default=8002, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="Bind address; 0.0.0.0 exposes the server on every interface.")
+@click.option("--timeout", default=180, show_default=True, help="Seconds to wait until ready.")
+@click.option("--quiet", is_flag=True, help="Do not echo Triton's log (errors are still reported).")
+@click.option("--load-model", "load_models", multiple=True, metavar="NAME",
+              help="Load only this model (repeatable; an ensemble loads its steps too). "
+                   "Default: every model in REPO.")
+@click.option("--exit-timeout", default=10, show_default=True, type=click.IntRange(min=0),
+              help="Seconds Triton lets in-flight requests finish after Ctrl-C or SIGTERM.")
+@click.option("--backend-env", type=click.Path(), help=BACKEND_ENV_HELP)
+def serve(repo, http_port, grpc_port, metrics_port, address, timeout, quiet, load_models,
+          exit_timeout, backend_env):
+    """Run a real Triton server on REPO (a folder, or s3://... that Triton reads) until Ctrl-C.
+
+    A model whose backend process dies (e.g. killed for memory) is reloaded within seconds;
+    meanwhile Triton answers not ready on /v2/health/ready and on the model's ready endpoint.
+    """
+    from .common import handled
+
+    handled(_serve)(repo, http_port, grpc_port, metrics_port, address, timeout, quiet,
+                    load_models, exit_timeout, backend_env)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _serve(repo, http_port, grpc_port, metrics_port, address, timeout, quiet, load_models=(),
+           exit_timeout=10, backend_env=None):
+    from ..core.errors import RtkError
+    from ..triton.server import TritonServer
+
+    log = None if quiet else (lambda line: click.echo(line, err=True))
+    # The watchdog's reload notices are printed even with --quiet: they are rtk's, not Triton's.
+    server = TritonServer(repo, http_port, grpc_port, metrics_port, address, log=log,
+                          exit_timeout=exit_timeout, notify=lambda line: click.echo(line, err=True),
+                          load_models=load_models, backend_env=backend_env)
+    # `docker stop`, `kill` and Ctrl-C all stop cleanly; SIGINT is installed explicitly because a
+    # shell's background job starts with it ignored, and then Python never raises KeyboardInterrupt.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.start(timeout)
+        _announce(server)
+        try:
+            code = server.wait()
+        except KeyboardInterrupt:
+            click.echo("Stopping Triton...", err=True)
+            server.stop()
+            click.echo("Triton stopped.")
+            return
+        raise RtkError(f"Triton exited on its own (code {code}): {server.reason()}",
+                       "See Triton's log above.")
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _announce(server) -> None:
+    ep = server.endpoints
+    models = [m["name"] for m in server.models() if m.get("state") == "READY"]
+    click.echo(f"Triton {server.version() or ''} is ready with {len(models)} model(s): "
+               f"{', '.join(models)}")
+    click.echo(f"  HTTP     http://{ep['http']}")
+    click.echo(f"  gRPC     {ep['grpc']}")
+    click.echo(f"  metrics  {ep['metrics']}")
+    click.echo(f"Try: rtk predict RUN_DIR IMAGE --backend triton --url {ep['http']}")
+    click.echo("Press Ctrl-C to stop.")
+
+
+@click.command("triton-env")
+@click.argument("path", required=False, type=click.Path())
+@click.option("--python", "python", type=click.Path(exists=True, dir_okay=False),
+              help="Interpreter to base it on (default: this one); needs a shared libpython.")
+@click.option("--force", is_flag=True, help="Delete and rebuild an existing environment.")
+@click.option("--check", "check_only", is_flag=True, help="Only check it; create nothing.")
+def triton_env(path, python, force, check_only):
+    """Make the local Triton server's Python environment at PATH, or bring it up to date.
+
+    nvidia-pytriton's tritonserver, numpy<2 for its Python backend stub, Pillow and onnxruntime
+    for rtk's models, apart from rtk's own environment (which may have numpy 2). PATH defaults
+    to $RTK_TRITON_ENV, else beside rtk's venv (.venv -> .venv-triton), where `rtk serve`,
+    `rtk tune` and the tests look for it. Not needed in the NGC Triton image.
+    """
+    from .common import handled
+
+    handled(_triton_env)(path, python, force, check_only)
+
+
+def _triton_env(path, python, force, check_only):
+    from ..triton import backend_env
+
+    echo = lambda m: click.echo(m, err=True)  # noqa: E731 - stdout holds the result
+    env = (backend_env.check(path) if check_only
+           else backend_env.create(path, python=python, force=force, echo=echo))
+    click.echo(f"Triton backend environment ready: {backend_env.describe(env)}")

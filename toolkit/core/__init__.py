@@ -1,0 +1,1 @@
+"""Bottom layer: errors, atomic files, locks, the host probe, the bundle, contract, metrics."""

@@ -1,0 +1,1 @@
+"""Images on disk to tensors: decoding, scanning, transforms, loaders, sample data."""

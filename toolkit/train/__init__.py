@@ -1,0 +1,1 @@
+"""`rtk finetune` and `rtk inspect`: configuration, recipes, model, loop, session."""

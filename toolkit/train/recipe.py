@@ -1,0 +1,261 @@
+"""The fine-tuning recipe's parts: weight EMA, mixup/cutmix, class balance, head-only warm-up,
+early stopping and the automatic batch size. `toolkit.train.session` puts them together."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+IMBALANCE_RATIO = 3.0  # --balance auto balances when the largest class is over 3x the smallest
+
+
+class ModelEma:
+    """An exponential moving average of a model's weights, with timm's decay warm-up
+    (ModelEmaV3: decay_t = min(decay, 1 - (1 + t) ** -power)), so a short fine-tuning run
+    averages over a window that grows with it. Buffers (BatchNorm statistics) are copied.
+
+    The update is one `torch._foreach_lerp_` over the floating-point parameters: a few
+    fused passes over the weights, no per-tensor Python loop."""
+
+    def __init__(self, model, decay: float = 0.9998, power: float = 0.75):
+        import copy
+
+        from .checkpoint import unwrap
+
+        src = unwrap(model)
+        self.module = copy.deepcopy(src).eval().requires_grad_(False)
+        self.decay, self.power, self.updates = decay, power, 0
+        pairs = [(e, s) for e, s in zip(self.module.parameters(), src.parameters())
+                 if e.dtype.is_floating_point]
+        self._ema, self._src = [e for e, _ in pairs], [s for _, s in pairs]
+        self._buffers = list(zip(self.module.buffers(), src.buffers()))
+
+    def current_decay(self) -> float:
+        return min(self.decay, 1.0 - (1.0 + self.updates) ** -self.power)
+
+    def update(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            weight = 1.0 - self.current_decay()
+            self.updates += 1
+            torch._foreach_lerp_(self._ema, self._src, weight)
+            for e, s in self._buffers:
+                e.copy_(s)
+
+    def state_dict(self) -> dict[str, Any]:
+        from .checkpoint import cpu_state
+
+        return {"state_dict": cpu_state(self.module), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["state_dict"])
+        self.updates = int(state["updates"])
+
+
+class BatchMix:
+    """MixUp and/or CutMix (torchvision.transforms.v2, one of the two per batch when both are
+    on) with soft targets. Each batch draws from its own seed, so a resumed epoch replays
+    the batches after the skipped ones exactly, and the global RNG is left untouched."""
+
+    def __init__(self, num_classes: int, mixup: float, cutmix: float):
+        from torchvision.transforms import v2 as T
+
+        mixes = ([T.MixUp(alpha=mixup, num_classes=num_classes)] if mixup > 0 else []) + \
+                ([T.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix > 0 else [])
+        self.transform = mixes[0] if len(mixes) == 1 else T.RandomChoice(mixes)
+        self.seed = 0
+
+    def __call__(self, x, y, step: int):
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + step)
+            return self.transform(x, y)
+
+
+def class_counts(samples: Sequence[tuple[Any, int]], num_classes: int) -> list[int]:
+    per = Counter(label for _, label in samples)
+    return [per.get(i, 0) for i in range(num_classes)]
+
+
+def pick_balance(requested: str, counts: list[int], world: int = 1) -> tuple[str, str]:
+    """(method, why): the method --balance resolves to for these class counts."""
+    nonzero = [n for n in counts if n]
+    ratio = max(nonzero) / min(nonzero)
+    if requested == "auto":
+        if ratio <= IMBALANCE_RATIO:
+            return "none", f"largest/smallest class {ratio:.1f}x <= {IMBALANCE_RATIO:g}x"
+        # a balanced sampler draws the rare classes' few images many times over; with the
+        # augmentation that is the stronger remedy, and it needs no change to the loss
+        method = "sampler" if world == 1 else "weights"  # DistributedSampler owns the order
+        return method, f"largest/smallest class {ratio:.1f}x > {IMBALANCE_RATIO:g}x"
+    if requested == "sampler" and world > 1:
+        from ..core.errors import RtkError
+
+        raise RtkError("--balance sampler does not combine with torchrun (several processes).",
+                       "Use --balance weights.")
+    return requested, "as requested"
+
+
+def class_weights(counts: list[int]) -> list[float]:
+    """Inverse-frequency loss weights, mean 1 over the classes (scikit-learn's "balanced")."""
+    n, k = sum(counts), len(counts)
+    return [n / (k * c) if c else 0.0 for c in counts]
+
+
+class BalancedSampler:
+    """Draws len(labels) indices a pass, each class equally likely, with replacement; the
+    order depends on (seed, epoch) alone, so a resumed epoch replays it (a torch sampler)."""
+
+    def __init__(self, labels: Sequence[int], seed: int):
+        import torch
+
+        counts = torch.bincount(torch.tensor(list(labels)))
+        self.weights = (1.0 / counts.double())[torch.tensor(list(labels))]
+        self.n, self.seed, self.epoch = len(labels), seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.multinomial(self.weights, self.n, True, generator=g).tolist())
+
+
+def split_head(model) -> tuple[list, list]:
+    """(backbone parameters, head parameters): the head is the last Linear layer, the one
+    toolkit.train.model.replace_head put there."""
+    import torch.nn as nn
+
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    ids = {id(p) for p in head.parameters()}
+    backbone = [p for p in model.parameters() if id(p) not in ids]
+    return backbone, list(head.parameters())
+
+
+def set_backbone_frozen(model, frozen: bool) -> None:
+    """Freeze (or thaw) every parameter but the head's. While frozen, the backbone's
+    BatchNorm layers also stay in eval mode (toolkit.train.loop calls `frozen_eval`), so its
+    weights and statistics are exactly the pretrained ones."""
+    backbone, _ = split_head(model)
+    for p in backbone:
+        p.requires_grad_(not frozen)
+
+
+def frozen_eval(model) -> None:
+    """After model.train(): normalisation layers without trainable weights go back to eval."""
+    import torch.nn as nn
+
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and not any(
+                p.requires_grad for p in m.parameters(recurse=False)):
+            m.eval()
+
+
+@dataclass
+class EarlyStop:
+    """Patience over evaluations of the monitored metric (higher is better)."""
+
+    patience: int = 0
+    best: float = -1.0
+    best_epoch: int = 0
+    bad: int = 0
+    stopped_epoch: int | None = None
+
+    def improved(self, value: float, epoch: int) -> bool:
+        """Record an evaluation; True when it is the best so far."""
+        if value > self.best:
+            self.best, self.best_epoch, self.bad = value, epoch, 0
+            return True
+        self.bad += 1
+        if self.patience and self.bad >= self.patience:
+            self.stopped_epoch = epoch
+        return False
+
+
+def saved_bytes_per_image(model, image_size: int, device: str = "cpu") -> int:
+    """The activations a training step keeps for backward, per image: every tensor autograd
+    saves during one forward pass of 2 images, counted by a saved-tensors hook."""
+    import torch
+
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    x = torch.zeros(2, 3, image_size, image_size, device=device)
+    was_training = model.training
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).sum()
+    model.train(was_training)
+    return total[0] // 2
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo, else the free physical pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+BATCH_CANDIDATES = (64, 48, 32, 24, 16, 12, 8, 6, 4, 2)  # the card's 2-64, largest first
+
+
+def cpu_batch_size(model, image_size: int) -> tuple[int, str]:
+    """The largest card batch whose saved activations and weights (x4: AdamW's two moments
+    and the gradient) fit in a quarter of the available memory; (batch, why)."""
+    per_image = saved_bytes_per_image(model, image_size)
+    weights = 4 * sum(p.numel() * p.element_size() for p in model.parameters())
+    budget = available_memory_bytes() // 4
+    batch = next((b for b in BATCH_CANDIDATES if weights + b * per_image <= budget), 2)
+    return batch, (f"CPU: picked by memory ({per_image / 2**20:.0f} MiB of activations per "
+                   f"image, {budget / 2**30:.1f} GiB budget = a quarter of the available)")
+
+
+def cuda_batch_size(model, image_size: int, amp_dtype, num_classes: int) -> tuple[int, str]:
+    """The largest card batch for which a forward and backward pass run without running out
+    of memory, largest first, keeping 10% of the device free for the optimizer's first step
+    and fragmentation. UNVERIFIED: written against torch's documented CUDA memory API; the
+    test suite has no GPU."""
+    import torch
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    # AdamW's moments are created by its first step, after the probe: count them now
+    moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters())
+    for batch in BATCH_CANDIDATES:
+        try:
+            torch.cuda.reset_peak_memory_stats()
+            x = torch.randn(batch, 3, image_size, image_size, device="cuda").contiguous(
+                memory_format=torch.channels_last)
+            y = torch.randint(0, num_classes, (batch,), device="cuda")
+            with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() + moments
+            fits = peak <= 0.9 * total
+        except torch.cuda.OutOfMemoryError:
+            fits, peak = False, math.inf
+        finally:
+            model.zero_grad(set_to_none=True)
+            x = y = loss = None  # noqa: F841 - free the probe's tensors before the next try
+            torch.cuda.empty_cache()
+        if fits:
+            return batch, f"CUDA probe: batch {batch} peaked at {peak / 2**30:.1f} GiB"
+    return 2, "CUDA probe: even batch 4 ran out of memory; using the card's minimum 2"

@@ -1,0 +1,1 @@
+"""Triton Python-backend model templates: copied into repositories, never imported."""

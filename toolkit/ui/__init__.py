@@ -1,0 +1,1 @@
+"""Terminal output (console, progress, tables) and plots."""
