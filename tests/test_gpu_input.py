@@ -373,9 +373,10 @@ def _triton_gpu_decoder(monkeypatch, log):
     import importlib.util
     from pathlib import Path
 
+    import toolkit
     import toolkit.data.images
 
-    path = Path(toolkit.data.images.__file__).parent / "triton" / "gpu_decode.py"
+    path = Path(toolkit.__file__).parent / "triton" / "models" / "gpu_decode.py"
     spec = importlib.util.spec_from_file_location("rtk_gpu_decode", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
