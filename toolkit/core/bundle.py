@@ -15,8 +15,7 @@ from typing import Any
 from .. import __version__
 from .errors import RtkError
 from .files import sha256, write_json, write_text
-from .manifest import (SCHEMA_VERSION, Artifact, Io, Manifest, Preprocess,  # noqa: F401
-                       Record)
+from .manifest import SCHEMA_VERSION, Artifact, Manifest, Preprocess, Record
 
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
@@ -100,8 +99,9 @@ class Bundle:
 
     def record_artifact(self, name: str, parent: str | None = None, **info: Any) -> Artifact:
         """Hash an artifact file, link it to its parent's hash, and save the manifest."""
-        if isinstance(info.get("io"), dict):
-            info["io"] = Io.from_json(info["io"])
+        for key, kind in Artifact._NESTED.items():  # fields given as the JSON they record
+            if isinstance(info.get(key), dict):
+                info[key] = kind.from_json(info[key])
         entry = Artifact(sha256=sha256(self.root / name), parent=parent).with_(**info)
         if parent is not None:
             entry = dataclasses.replace(entry, parent_sha256=self.entry(parent).sha256)

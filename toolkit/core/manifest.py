@@ -108,11 +108,22 @@ class Io(Record):
 
 
 @dataclass(frozen=True)
+class Profile(Record):
+    """A TensorRT plan's one optimization profile: the batch sizes it was built for."""
+
+    input: str | None = None
+    min: int = 1
+    opt: int | None = None
+    max: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Artifact(Record):
     """A file of the bundle: its hash, what it was derived from, and the export's verdict."""
 
     _ALWAYS = ("parent",)
-    _NESTED = {"io": Io}
+    _NESTED = {"io": Io, "profile": Profile}
 
     sha256: str
     parent: str | None = None
@@ -123,8 +134,14 @@ class Artifact(Record):
     gate: str | None = None  # pending | passed | failed
     parity: dict[str, Any] | None = None
     speed: dict[str, Any] | None = None
-    search: dict[str, Any] | None = None
-    profile: dict[str, Any] | None = None  # TensorRT's optimization profile (min/opt/max)
+    search: dict[str, Any] | None = None  # INT8 only, with the nodes it kept in float:
+    kept_float: tuple[str, ...] | None = None
+    kept_float_nodes: int | None = None
+    max_batch: int | None = None  # the ONNX export's dynamic batch limit
+    profile: Profile | None = None  # TensorRT plans only, with the build's versions:
+    tensorrt_version: str | None = None
+    gpu: str | None = None
+    compute_capability: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -115,7 +115,7 @@ def load_bundle_model(bundle, checkpoint: str = "model.pt"):
     """The bundle's trained model in eval mode on the CPU."""
     from torchvision import models
 
-    model = models.get_model(bundle.manifest["arch"], weights=None)
+    model = models.get_model(bundle.manifest.arch, weights=None)
     replace_head(model, len(bundle.classes))
     path = bundle.root / checkpoint
     if not path.is_file():
