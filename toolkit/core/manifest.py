@@ -62,7 +62,7 @@ class Preprocess(Record):
 
     resize: int
     crop: int
-    interpolation: str = "bilinear"
+    interpolation: str | None = None  # "bilinear" in every recipe rtk writes
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     source: str | None = None
