@@ -99,9 +99,6 @@ class Bundle:
 
     def record_artifact(self, name: str, parent: str | None = None, **info: Any) -> Artifact:
         """Hash an artifact file, link it to its parent's hash, and save the manifest."""
-        for key, kind in Artifact._NESTED.items():  # fields given as the JSON they record
-            if isinstance(info.get(key), dict):
-                info[key] = kind.from_json(info[key])
         entry = Artifact(sha256=sha256(self.root / name), parent=parent).with_(**info)
         if parent is not None:
             entry = dataclasses.replace(entry, parent_sha256=self.entry(parent).sha256)

@@ -44,11 +44,13 @@ class Record:
         return out
 
     def with_(self, **changes: Any):
-        """A copy with `changes`; names the record does not type go to `extra`."""
+        """A copy with `changes` (a nested record may be given as its JSON); names the record
+        does not type go to `extra`."""
         known = self.names()
         extra = {**self.extra, **{k: v for k, v in changes.items() if k not in known}}
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if k in known},
-                                   extra=extra)
+        typed = {k: self._NESTED[k].from_json(v) if k in self._NESTED and isinstance(v, dict)
+                 else v for k, v in changes.items() if k in known}
+        return dataclasses.replace(self, **typed, extra=extra)
 
 
 def _plain(value: Any) -> Any:
