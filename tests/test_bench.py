@@ -98,9 +98,9 @@ def test_int8_row_carries_nodes_in_float_and_the_exports_speed_ratios(exported):
     from toolkit.core.bundle import Bundle
 
     bundle = Bundle.load(exported)
-    entry = bundle.manifest["artifacts"]["model.int8.onnx"]
+    entry = bundle.entry("model.int8.onnx")
     fields = gate_of(bundle, "onnxruntime-int8")
-    assert fields["kept_float_nodes"] == len(entry["kept_float"])
-    assert fields["export_speed_vs_fp32"] == entry["speed"]["vs_fp32"] > 0
+    assert fields["kept_float_nodes"] == len(entry.kept_float)
+    assert fields["export_speed_vs_fp32"] == entry.speed["vs_fp32"] > 0
     assert fields["export_speed_vs_single_shot_int8"] > 0
     assert "kept_float_nodes" not in gate_of(bundle, "onnxruntime")

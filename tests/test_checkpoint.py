@@ -266,6 +266,6 @@ def test_interrupt_during_evaluation_does_not_duplicate_history(tiny_data, tmp_p
     monkeypatch.setattr(session, "write_bundle_files", real)
     bundle = _fit(tiny_data, tmp_path / "run", resume=True)
     assert _history_epochs(tmp_path / "run") == [1, 2]
-    assert bundle.manifest["status"] == "complete"
+    assert bundle.manifest.status == "complete"
     second = _history(tmp_path / "run")[1]  # trained before the interrupt, evaluated after
     assert float(second["train_loss"]) > 0 and float(second["train_accuracy"]) > 0

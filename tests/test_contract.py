@@ -67,6 +67,7 @@ def test_backend_refuses_a_batch_outside_the_contract(exported, crops, name, bad
 
 
 def test_an_artifact_from_before_the_contract_is_refused_with_a_re_export(exported, tmp_path, cli):
+    import dataclasses
     import shutil
 
     from conftest import assert_user_error
@@ -74,7 +75,9 @@ def test_an_artifact_from_before_the_contract_is_refused_with_a_re_export(export
 
     root = shutil.copytree(exported, tmp_path / "old")
     bundle = Bundle.load(root)
-    bundle.manifest["artifacts"]["model.onnx"]["io"]["inputs"][0]["dtype"] = "float32"
+    io = bundle.entry("model.onnx").io
+    old = dataclasses.replace(io.inputs[0], dtype="float32")  # as an older rtk recorded it
+    bundle.update_artifact("model.onnx", io=dataclasses.replace(io, inputs=(old,)))
     bundle.save()
     assert_user_error(cli("eval", root, "--backend", "onnxruntime-int8"), "older rtk",
                       "rtk export")

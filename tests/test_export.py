@@ -78,8 +78,9 @@ def test_normalisation_in_the_graph_matches_the_training_transform(exported, tin
 
     bundle = Bundle.load(exported)
     images = [open_rgb(p) for p in sorted(tiny_data.rglob("*.*"))[:6]]
-    crops = np.stack([eval_uint8(im, bundle.preprocessing) for im in images])
-    floats = np.stack([eval_array(im, bundle.preprocessing) for im in images])
+    pre = bundle.preprocessing.to_json()  # images.py takes the plain dict (copied into Triton)
+    crops = np.stack([eval_uint8(im, pre) for im in images])
+    floats = np.stack([eval_array(im, pre) for im in images])
     with torch.inference_mode():
         expected = load_bundle_model(bundle)(torch.from_numpy(floats)).numpy()
     session = ort.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -170,9 +171,7 @@ def test_an_artifact_never_gated_is_refused(exported, tmp_path, cli):
 
     root = Path(shutil.copytree(exported, tmp_path / "run"))
     bundle = Bundle.load(root)
-    entry = bundle.manifest["artifacts"]["model.int8.onnx"]
-    entry.update(trusted=False, gate="pending")
-    entry.pop("parity")
+    bundle.update_artifact("model.int8.onnx", trusted=False, gate="pending", parity=None)
     bundle.save()
     assert_user_error(cli("eval", root, "--backend", "onnxruntime-int8"), "never checked")
     assert cli("eval", root, "--backend", "onnxruntime").exit_code == 0
@@ -214,9 +213,9 @@ def test_tensorrt_engine_builds_and_passes_gate(bundle_copy):
                   echo=lambda *_: None)
     plan = next(r for r in rows if r["artifact"] == "model.fp16.plan")
     assert plan["passed"] and plan["agreement"] >= 0.99
-    entry = Bundle.load(bundle_copy).manifest["artifacts"]["model.fp16.plan"]
-    assert entry["profile"] == {"input": "input", "min": 1, "opt": 4, "max": 8}
-    assert entry["tensorrt_version"] and entry["compute_capability"]
+    entry = Bundle.load(bundle_copy).entry("model.fp16.plan")
+    assert entry.profile.to_json() == {"input": "input", "min": 1, "opt": 4, "max": 8}
+    assert entry.tensorrt_version and entry.compute_capability
 
 
 REMOVED_TRT_APIS = ["BuilderFlag.FP16", "BuilderFlag.INT8", "set_int8_calibrator",

@@ -21,6 +21,7 @@ from toolkit.data.images import eval_array, open_rgb
 from toolkit.data.transforms import AUGMENT, recipe
 
 PRE = recipe(image_size=32)  # resize 33, crop 32
+RAW = PRE.to_json()  # what images.py and the Triton models take (they import nothing of rtk)
 BOUND = 1e-6  # measured: 0.0 (bitwise equal); one uint8 level is 1 / 255 / 0.229 = 0.0171
 
 
@@ -131,7 +132,7 @@ def test_a_refused_jpeg_falls_back_to_pil_alone(files, monkeypatch):
 
 def _eval_inputs(paths):
     """Both eval paths on the same files: PIL + eval_array, and bytes -> decode -> EvalBatch."""
-    cpu = torch.stack([torch.from_numpy(eval_array(open_rgb(p), PRE)) for p in paths])
+    cpu = torch.stack([torch.from_numpy(eval_array(open_rgb(p), RAW)) for p in paths])
     ds = ByteDataset([(p, 0) for p in paths])
     images, _ = decode([ds[i][0] for i in range(len(ds))], "cpu")
     return cpu, EvalBatch(PRE)(images), images
@@ -174,7 +175,7 @@ def test_the_bound_catches_resize_and_crop_bugs(real_images):
         out = []
         for img in images:
             h, w = img.shape[-2:]
-            s = PRE["resize"] / min(h, w)
+            s = PRE.resize / min(h, w)
             r = F.resize(img, [int(round(h * s)), int(round(w * s))], antialias=antialias)
             top, left = (r.shape[1] - 32) // 2 + shift, (r.shape[2] - 32) // 2
             out.append(r[:, top:top + 32, left:left + 32])
@@ -193,7 +194,7 @@ def test_augmentation_levels_shapes_ranges_and_seeds(level):
     a = aug(images, torch.Generator().manual_seed(1))
     assert a.shape == (5, 3, 32, 32) and a.dtype == torch.float32
     assert a.is_contiguous(memory_format=torch.channels_last)
-    mean, std = torch.tensor(PRE["mean"]).view(1, 3, 1, 1), torch.tensor(PRE["std"]).view(1, 3, 1, 1)
+    mean, std = torch.tensor(PRE.mean).view(1, 3, 1, 1), torch.tensor(PRE.std).view(1, 3, 1, 1)
     pixels = a * std + mean  # back to 0..1
     assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
     assert torch.equal(a, aug(images, torch.Generator().manual_seed(1)))  # seeded
@@ -246,7 +247,7 @@ def test_device_loader_on_cpu_workers(files):
     assert len(batches) == len(dl) == 3
     xs, ys = zip(*batches)
     assert torch.cat(ys).tolist() == list(range(len(files)))
-    cpu = torch.stack([torch.from_numpy(eval_array(open_rgb(p), PRE)) for p in files])
+    cpu = torch.stack([torch.from_numpy(eval_array(open_rgb(p), RAW)) for p in files])
     assert torch.equal(torch.cat(xs), cpu)
     assert dl.decoded_by_pil == 4
     assert [len(y) for _, y in dl.batches(skip=2)] == [1]  # a resume skips whole batches
@@ -382,7 +383,7 @@ def _triton_gpu_decoder(monkeypatch, log):
     spec.loader.exec_module(module)
     monkeypatch.setattr(module, "decode_jpeg", _recording_decode_jpeg(log))
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _FakeStream(log))
-    decoder = module.GpuDecoder(0, PRE, toolkit.data.images)
+    decoder = module.GpuDecoder(0, RAW, toolkit.data.images)
     decoder.device = torch.device("cpu")
     return decoder
 
@@ -395,14 +396,14 @@ def test_triton_gpu_preprocessing_sends_nvjpeg_what_training_does(monkeypatch):
     log = []
     decoder = _triton_gpu_decoder(monkeypatch, log)
     datas = [make() for make, _ in KINDS.values()]
-    out = decoder.batch(datas, lambda d: eval_uint8(open_rgb(d), PRE))
+    out = decoder.batch(datas, lambda d: eval_uint8(open_rgb(d), RAW))
     assert log[0] == "drain" and log[1][0] == "decode"
     assert log[1][1] == [d for d, (_, to_gpu) in zip(datas, KINDS.values()) if to_gpu]
     assert isinstance(out, torch.Tensor) and hasattr(out, "__dlpack__")
     assert out.dtype == torch.uint8 and tuple(out.shape) == (len(datas), 32, 32, 3)
     for i, (_, to_gpu) in enumerate(KINDS.values()):
         if not to_gpu:  # the CPU transform's pixels, exactly
-            assert np.array_equal(out[i].numpy(), eval_uint8(open_rgb(datas[i]), PRE))
+            assert np.array_equal(out[i].numpy(), eval_uint8(open_rgb(datas[i]), RAW))
 
 
 def test_normalize_divides_by_device_tensors_not_a_host_scalar(monkeypatch):

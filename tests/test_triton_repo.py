@@ -88,7 +88,7 @@ def test_python_platform_layout(bundle, tmp_path):
     assert classifier.input[0].data_type == configs.pb().DataType.Value("TYPE_UINT8")
     assert classifier.output[0].label_filename == "labels.txt"
     assert classifier.parameters["rtk.artifact_sha256"].string_value == \
-        bundle.manifest["artifacts"]["model.onnx"]["sha256"]
+        bundle.entry("model.onnx").sha256
     pre = configs.parse(files["pets_preprocess/config.pbtxt"].decode())
     assert json.loads(pre.parameters["preprocessing"].string_value) == PRE
     assert [s.model_name for s in configs.parse(files["pets/config.pbtxt"].decode())
@@ -270,11 +270,8 @@ def test_committed_model_repository_parses_and_holds_no_weights():
 
 def _with_int8(bundle: Bundle, trusted: bool) -> Bundle:
     (bundle.root / "model.int8.onnx").write_bytes(b"onnx-int8")
-    bundle.manifest["artifacts"]["model.int8.onnx"] = {
-        "sha256": hashlib.sha256(b"onnx-int8").hexdigest(), "parent": "model.onnx",
-        "parent_sha256": bundle.manifest["artifacts"]["model.onnx"]["sha256"], "io": IO,
-        "trusted": trusted, "gate": "passed" if trusted else "failed"}
-    bundle.save()
+    bundle.record_artifact("model.int8.onnx", parent="model.onnx", io=IO, trusted=trusted,
+                           gate="passed" if trusted else "failed")
     return bundle
 
 

@@ -171,7 +171,7 @@ def test_labels_from_the_classification_extension(served, images, local_logits, 
                                                   send_bytes):
     from toolkit.data.images import eval_uint8, open_rgb
 
-    pre, classes = served.bundle.preprocessing, served.bundle.classes
+    pre, classes = served.bundle.preprocessing.to_json(), served.bundle.classes
     x = ([p.read_bytes() for p in images[:4]] if send_bytes
          else np.stack([eval_uint8(open_rgb(p), pre) for p in images[:4]]))
     with _client(served, protocol, send_bytes) as client:
@@ -212,7 +212,7 @@ def test_bad_requests_fail_alone(served, images, protocol):
 
     lib = importlib.import_module(f"tritonclient.{protocol}")
     client = lib.InferenceServerClient(served.url(protocol))
-    crop = served.bundle.preprocessing["crop"]
+    crop = served.bundle.preprocessing.crop
 
     def infer(model, name, array, dtype):
         inp = lib.InferInput(name, list(array.shape), dtype)
@@ -254,7 +254,7 @@ def test_client_errors_are_user_errors(served, tmp_path):
         open_backend("triton", served.bundle)
     other = shutil.copytree(served.bundle.root, tmp_path / "other")
     (other / "manifest.json").write_text((other / "manifest.json").read_text().replace(
-        served.bundle.manifest["artifacts"]["model.onnx"]["sha256"], "0" * 64))
+        served.bundle.entry("model.onnx").sha256, "0" * 64))
     from toolkit.core.bundle import Bundle
 
     with pytest.raises(RtkError, match="No ready ensemble"):

@@ -16,6 +16,7 @@ from typing import Any
 
 from .core.bundle import Bundle, read_json
 from .core.files import write_json, write_text
+from .core.manifest import Metrics
 
 REPORT = "report.html"
 LINKS = "report/links.json"
@@ -87,12 +88,13 @@ def collect(run: str | Path, extra: dict[str, list[str]] | None = None) -> dict[
     _source(sources, bundle.path("manifest.json"), "manifest, artifacts, gate results, provenance")
     return {
         "run": str(bundle.root.resolve()), "name": bundle.root.resolve().name,
-        "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "manifest": m,
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "manifest": m.to_json(),  # the template shows the file's keys ("is defined" = present)
         "classes": bundle.classes,
         "data": _data(bundle, sources), "training": _training(bundle, sources),
         "artifacts": _artifacts(bundle), "benches": benches, "tunes": tunes,
         "deployment": _deployment(bundle, tunes), "sources": sources,
-        "hashes": [f"{e['sha256']}  {name}" for name, e in m.get("artifacts", {}).items()],
+        "hashes": [f"{e.sha256}  {name}" for name, e in m.artifacts.items()],
     }
 
 
@@ -122,7 +124,7 @@ def _data(bundle: Bundle, sources: list[dict]) -> dict | None:
 
 def _training(bundle: Bundle, sources: list[dict]) -> dict | None:
     m = bundle.manifest
-    if "metrics" not in m:
+    if m.metrics is None:
         return None
     history = []
     if bundle.path("history.csv").is_file():
@@ -133,16 +135,17 @@ def _training(bundle: Bundle, sources: list[dict]) -> dict | None:
     if bundle.path("report/validation.json").is_file():
         validation = read_json(bundle.path("report/validation.json"))
         _source(sources, bundle.path("report/validation.json"), "Training: validation metrics")
-    per_class = (validation or {}).get("per_class") or m["metrics"].get("per_class") or {}
+    metrics = m.metrics.to_json()  # shown as recorded: the template tests which keys exist
+    per_class = (validation or {}).get("per_class") or m.metrics.per_class or {}
     weakest = sorted(per_class.items(), key=lambda kv: (kv[1], kv[0]))
-    return {"config": m.get("config", {}), "metrics": m["metrics"],
+    return {"config": m.config or {}, "metrics": metrics,
             "history": [[(row[c], _cell(c, row[c])) for c in row] for row in history],
             "columns": list(history[0]) if history else [], "validation": validation,
-            "balanced_accuracy": _balanced(validation, m["metrics"]),
+            "balanced_accuracy": _balanced(validation, m.metrics),
             "per_class": [{"name": k, "accuracy": v} for k, v in weakest],
             "curves": _png(bundle.path("report/curves.png")),
             "confusion": _png(bundle.path("report/confusion.png")),
-            "diagnosis": m.get("diagnosis") or [], "status": m.get("status")}
+            "diagnosis": list(m.diagnosis or ()), "status": m.status}
 
 
 def _cell(column: str, text: str) -> str:
@@ -160,27 +163,26 @@ def _cell(column: str, text: str) -> str:
     return f"{x:.4f}" if "loss" in column else f"{x:,.1f}"
 
 
-def _balanced(validation: dict | None, metrics: dict) -> float | None:
+def _balanced(validation: dict | None, metrics: Metrics) -> float | None:
     """Balanced accuracy (mean per-class recall) where the training stage recorded it."""
-    for source in (validation or {}, metrics):
-        for key in ("balanced_accuracy", "val_balanced_accuracy"):
-            if source.get(key) is not None:
-                return source[key]
-    return None
+    for key in ("balanced_accuracy", "val_balanced_accuracy"):  # validation.json's names
+        if (validation or {}).get(key) is not None:
+            return validation[key]
+    return metrics.val_balanced_accuracy
 
 
 def _artifacts(bundle: Bundle) -> list[dict]:
     rows = []
-    for name, entry in bundle.manifest.get("artifacts", {}).items():
+    for name, entry in bundle.manifest.artifacts.items():
         path = bundle.path(name)
-        derived = entry.get("parent") is not None
-        trusted = entry.get("trusted") is True if derived else True
-        search = entry.get("search") or {}
-        rows.append({"name": name, "entry": entry, "present": path.is_file(),
+        derived = entry.parent is not None
+        trusted = entry.trusted is True if derived else True
+        search = entry.search or {}
+        rows.append({"name": name, "entry": entry.to_json(), "present": path.is_file(),
                      "size": path.stat().st_size if path.is_file() else None,
-                     "precision": entry.get("precision") or ("fp32" if name.endswith(".pt") else ""),
-                     "parity": entry.get("parity"), "derived": derived, "trusted": trusted,
-                     "gate": entry.get("gate") or ("reference" if name == "model.pt" else ""),
+                     "precision": entry.precision or ("fp32" if name.endswith(".pt") else ""),
+                     "parity": entry.parity, "derived": derived, "trusted": trusted,
+                     "gate": entry.gate or ("reference" if name == "model.pt" else ""),
                      "trials": search.get("trials") or [], "search": search})
     return rows
 
@@ -234,11 +236,10 @@ def _deployment(bundle: Bundle, tunes: list[dict]) -> dict | None:
     """Commands to serve this run, and the artifact each path serves (None before export)."""
     from .triton.repository import RepoOptions, choose_artifact
 
-    arts = bundle.manifest.get("artifacts", {})
-    if arts.get("model.onnx", {}).get("trusted") is not True:
+    if not bundle.manifest.trusted("model.onnx"):
         return None
     run = str(bundle.root)
-    plan = arts.get("model.fp16.plan", {}).get("trusted") is True
+    plan = bundle.manifest.trusted("model.fp16.plan")
     paths = [
         {"title": "Locally (CPU, rtk's own Triton server)",
          "artifact": choose_artifact(bundle, RepoOptions(kind="cpu", platform="python")),

@@ -36,7 +36,7 @@ class Backend(abc.ABC):
 
         from ..core.contract import check_batch
 
-        check_batch(x, self.bundle.preprocessing["crop"])
+        check_batch(x, self.bundle.preprocessing.crop)
         return np.ascontiguousarray(x)
 
     def close(self) -> None:

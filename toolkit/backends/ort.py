@@ -49,7 +49,7 @@ class OrtFP32(Backend):
             return f"onnxruntime is not installed: {exc.hint}"
         if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             return "onnxruntime has no CUDA provider here: pip install 'rtk[gpu]' on a GPU host"
-        if cls.artifact not in bundle.manifest.get("artifacts", {}):
+        if bundle.manifest.artifact(cls.artifact) is None:
             from ..core.bundle import make_hint
 
             return f"no {cls.artifact} in the run: {make_hint(cls.artifact, bundle.root)}"

@@ -10,14 +10,15 @@ import numpy as np
 
 from ..core.bundle import Bundle
 from ..core.errors import RtkError
+from ..core.manifest import Preprocess
 from ..data.images import eval_uint8, open_rgb
 
 
 def validation_samples(bundle: Bundle) -> list[tuple[Path, int]]:
     """The held-out images recorded by `rtk finetune` (the split is reused, never redrawn)."""
     split = bundle.split()
-    data = bundle.manifest["data"]
-    root = Path(data["val_dir"] or data["train_dir"])
+    data = bundle.manifest.data
+    root = Path(data.val_dir or data.train_dir)
     samples = [(root / rel, label) for rel, label in split["val"]]
     missing = [p for p, _ in samples if not p.is_file()]
     if missing:
@@ -35,16 +36,18 @@ def folder_samples(bundle: Bundle, folder: str | Path) -> list[tuple[Path, int]]
     return scan.samples
 
 
-def batches(paths: Sequence[Path], pre: dict, batch_size: int, raw: bool = False) -> Iterator:
+def batches(paths: Sequence[Path], pre: Preprocess, batch_size: int,
+            raw: bool = False) -> Iterator:
     """uint8 NHWC batches of the eval transform (or raw bytes), decoded by a small thread pool."""
-    load = (lambda p: Path(p).read_bytes()) if raw else (lambda p: eval_uint8(open_rgb(p), pre))
+    recipe = pre.to_json()  # data/images.py is copied into Triton: it takes the plain dict
+    load = (lambda p: Path(p).read_bytes()) if raw else (lambda p: eval_uint8(open_rgb(p), recipe))
     with ThreadPoolExecutor(max_workers=4) as pool:
         for i in range(0, len(paths), batch_size):
             items = list(pool.map(load, paths[i:i + batch_size]))
             yield items if raw else np.stack(items)
 
 
-def run_backend(backend, paths: Sequence[Path], pre: dict, batch_size: int = 32,
+def run_backend(backend, paths: Sequence[Path], pre: Preprocess, batch_size: int = 32,
                 progress: bool = False) -> np.ndarray:
     """Logits of `backend` for every image in `paths`."""
     outs = []

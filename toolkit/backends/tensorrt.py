@@ -24,7 +24,7 @@ class TensorRTEngine(Backend):
         reason = tensorrt_ready()
         if reason:
             return f"{reason}: TensorRT needs an NVIDIA GPU and pip install 'rtk[gpu]'"
-        if cls.artifact not in bundle.manifest.get("artifacts", {}):
+        if bundle.manifest.artifact(cls.artifact) is None:
             return f"no {cls.artifact}: rtk export {bundle.root} --fp16 on a GPU host"
         return super().availability(bundle, device)
 
@@ -43,7 +43,7 @@ class TensorRTEngine(Backend):
                            "Engines are tied to the TensorRT version and GPU that built them; "
                            f"re-export on this host: rtk export {bundle.root} --fp16")
         self.context = self.engine.create_execution_context()
-        self.max_batch = bundle.manifest["artifacts"][self.artifact]["profile"]["max"]
+        self.max_batch = bundle.entry(self.artifact).profile.max
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input = next(n for n in names
                           if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)

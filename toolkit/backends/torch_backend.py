@@ -127,7 +127,7 @@ class TorchHalf(Backend):
             return self.graphs[n]
         if len(self.graphs) >= self.max_graphs:
             self.graphs.pop(next(iter(self.graphs)))
-        crop = self.bundle.preprocessing["crop"]
+        crop = self.bundle.preprocessing.crop
         dev_in = torch.zeros((n, crop, crop, 3), dtype=torch.uint8, device="cuda")
         warm = torch.cuda.Stream()
         warm.wait_stream(torch.cuda.current_stream())

@@ -91,7 +91,7 @@ class TritonClient(Backend):
     def _find_model(self, name: str | None) -> tuple[str, dict]:
         """The ensemble (bytes) or classifier (tensors) serving one of this bundle's artifacts."""
         role = "ensemble" if self.accepts_bytes else "classifier"
-        shas = {a.get("sha256") for a in self.bundle.manifest.get("artifacts", {}).values()}
+        shas = {a.sha256 for a in self.bundle.manifest.artifacts.values()}
         index = self.client.get_model_repository_index(**({"as_json": True}
                                                            if self.protocol == "grpc" else {}))
         models = index.get("models", []) if isinstance(index, dict) else index

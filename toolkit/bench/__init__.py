@@ -11,6 +11,7 @@ import numpy as np
 from ..core.bundle import Bundle
 from .harness import Timing, time_calls
 from ..core.host import usable_cores
+from ..core.manifest import Artifact
 from .system import environment, rss_mb
 from .common import PARITY_IMAGES, agreement, parity_floor, row, sample_paths
 
@@ -48,7 +49,8 @@ def data_pipeline(bundle: Bundle, n: int = 256) -> dict[str, Any]:
     from ..data.images import eval_uint8, open_rgb
 
     paths = sample_paths(bundle, n)
-    work = lambda p: eval_uint8(open_rgb(p), bundle.preprocessing)  # noqa: E731
+    recipe = bundle.preprocessing.to_json()  # images.py takes the plain dict (copied to Triton)
+    work = lambda p: eval_uint8(open_rgb(p), recipe)  # noqa: E731
     t0 = time.perf_counter()
     for p in paths:
         work(p)
@@ -67,25 +69,26 @@ def gate_of(bundle: Bundle, name: str) -> dict[str, Any]:
     from ..backends import backend_class
 
     artifact = getattr(backend_class(name), "artifact", None)
-    entry = bundle.manifest.get("artifacts", {}).get(artifact, {}) if artifact else {}
-    parity = entry.get("parity")
+    entry = bundle.manifest.artifact(artifact)
+    parity = entry.parity if entry else None
     if parity:
         return {"gate_top1": parity["top1"], "gate_agreement": parity["agreement"],
                 "gate_passed": parity["passed"], "gate_n": parity["n"], **int8_record(entry)}
-    rows = bundle.manifest.get("export", {}).get("parity") or [{}]
+    rows = (bundle.manifest.export.parity if bundle.manifest.export else None) or [{}]
     if name == "torch" and "reference_top1" in rows[0]:
         return {"gate_top1": rows[0]["reference_top1"], "gate_agreement": 1.0, "gate_passed": True,
                 "gate_n": rows[0]["n"]}
     return {}
 
 
-def int8_record(entry: dict) -> dict[str, Any]:
+def int8_record(entry: Artifact) -> dict[str, Any]:
     """What the export recorded of an INT8 graph: nodes kept in float, and its speed against
     the single-shot INT8 graph and FP32, measured by the export in one interleaved run."""
-    if entry.get("precision") != "int8":
+    if entry.precision != "int8":
         return {}
-    speed = entry.get("speed") or {}
-    return {"kept_float_nodes": entry.get("kept_float_nodes", len(entry.get("kept_float", []))),
+    speed = entry.speed or {}
+    kept = entry.kept_float_nodes
+    return {"kept_float_nodes": len(entry.kept_float or ()) if kept is None else kept,
             "export_speed_vs_fp32": speed.get("vs_fp32"),
             "export_speed_vs_single_shot_int8": speed.get("vs_single_shot_int8")}
 
@@ -166,6 +169,6 @@ def run_bench(bundle: Bundle, opts: BenchOptions, echo: Callable = print) -> dic
     from .report import headlines
 
     return {"environment": environment(), "bundle": str(bundle.root),
-            "arch": bundle.manifest["arch"], "image_size": bundle.preprocessing["crop"],
+            "arch": bundle.manifest.arch, "image_size": bundle.preprocessing.crop,
             "timing": vars(opts.timing), "data_pipeline": data_pipeline(bundle),
             "results": results, "triton": triton, "headlines": headlines(results)}

@@ -148,7 +148,8 @@ def bench_triton(bundle, opts, images, reference, echo: Callable = print) -> dic
                 raw, confident = agreement(reference, logits)
                 served = client.config.get("parameters", {}).get("rtk.artifact", {})
                 artifact = served.get("string_value", "")
-                precision = bundle.manifest["artifacts"].get(artifact, {}).get("precision")
+                entry = bundle.manifest.artifact(artifact)
+                precision = entry.precision if entry else None
                 if confident < parity_floor("triton", precision):
                     rows.append(row("triton", "server", 1, f"parity failed: confident agreement "
                                     f"{confident:.1%} ({artifact})", protocol=protocol,

@@ -79,7 +79,7 @@ def _export(run_dir, as_json, **options):
     try:
         rows = run_export(bundle, opts, echo=echo, progress=not as_json)
     except GateFailed:
-        rows = bundle.manifest.get("export", {}).get("parity", [])
+        rows = list(bundle.manifest.export.parity) if bundle.manifest.export else []
         if as_json:
             click.echo(json.dumps(rows, indent=2))
         parity_table(rows)

@@ -132,8 +132,8 @@ def _finetune(data_dir, out, compile_, no_progress, options) -> None:
 
     with bundle_lock(out, "rtk finetune"):
         bundle = fit(cfg, progress=not no_progress, echo=lambda m: click.echo(m, err=True))
-    if bundle.manifest.get("metrics"):
-        click.echo(f"{bundle.root}  val_accuracy={bundle.manifest['metrics']['val_accuracy']:.4f}")
+    if bundle.manifest.metrics:
+        click.echo(f"{bundle.root}  val_accuracy={bundle.manifest.metrics.val_accuracy:.4f}")
         from .report import refreshed
 
         refreshed(bundle.root)

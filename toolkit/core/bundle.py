@@ -7,6 +7,7 @@ import platform
 import subprocess
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,26 +15,30 @@ from typing import Any
 from .. import __version__
 from .errors import RtkError
 from .files import sha256, write_json, write_text
+from .manifest import SCHEMA_VERSION, Artifact, Manifest, Preprocess, Record
 
-SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
 
 
 @dataclass
 class Bundle:
-    """A run directory and its manifest (the single source of truth between stages)."""
+    """A run directory and its typed manifest (the single source of truth between stages).
+
+    The manifest is frozen: stages change it through update/update_artifact/record_artifact,
+    which replace it, and save() writes it."""
 
     root: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @classmethod
     def create(cls, root: str | Path, **fields: Any) -> "Bundle":
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
-        manifest = {"schema": SCHEMA_VERSION, "rtk_version": __version__,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "artifacts": {}}
-        manifest.update(fields)
+        plain = {k: v.to_json() if isinstance(v, Record) else v for k, v in fields.items()}
+        manifest = Manifest.from_json({"schema": SCHEMA_VERSION, "rtk_version": __version__,
+                                       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                       "artifacts": {}, **plain})
         return cls(root, manifest)
 
     @classmethod
@@ -43,30 +48,44 @@ class Bundle:
         if not path.is_file():
             raise RtkError(f"{root} is not an rtk run directory (no {MANIFEST}).",
                            "Pass the --out folder of a finished `rtk finetune` run.")
-        manifest = read_json(path)
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), dict):
+        data = read_json(path)
+        if not isinstance(data, dict) or not isinstance(data.get("artifacts"), dict):
             raise RtkError(f"{path} is damaged: it holds JSON, but not an rtk manifest "
                            "(no artifacts table).", DAMAGED_HINT)
-        if manifest.get("schema") != SCHEMA_VERSION:
-            raise RtkError(f"{path} has schema {manifest.get('schema')}, expected {SCHEMA_VERSION}.",
-                           "Re-run `rtk finetune` with this version of rtk.")
-        return cls(root, manifest)
+        return cls(root, Manifest.from_json(data, where=str(path)))
 
     # -- convenient views -------------------------------------------------
     @property
     def classes(self) -> list[str]:
-        return list(self.manifest["classes"])
+        return list(self.manifest.classes or ())
 
     @property
-    def preprocessing(self) -> dict[str, Any]:
-        return dict(self.manifest["preprocessing"])
+    def preprocessing(self) -> Preprocess:
+        return self.manifest.preprocessing
 
     def path(self, name: str) -> Path:
         return self.root / name
 
+    def entry(self, name: str) -> Artifact:
+        """The recorded entry of artifact `name` (a clear error when it was never recorded)."""
+        entry = self.manifest.artifact(name)
+        if entry is None:
+            raise RtkError(f"{self.root} has no {name}.", make_hint(name, self.root))
+        return entry
+
     # -- writing ----------------------------------------------------------
     def save(self) -> None:
-        write_json(self.root / MANIFEST, self.manifest)
+        write_json(self.root / MANIFEST, self.manifest.to_json())
+
+    def update(self, **changes: Any) -> None:
+        """Replace top-level manifest fields (not saved until save())."""
+        self.manifest = self.manifest.with_(**changes)
+
+    def update_artifact(self, name: str, **changes: Any) -> Artifact:
+        """Replace fields of a recorded artifact (untyped names go to its extra); not saved."""
+        entry = self.entry(name).with_(**changes)
+        self.manifest = self.manifest.with_(artifacts={**self.manifest.artifacts, name: entry})
+        return entry
 
     def split(self) -> dict[str, Any]:
         """The train/validation split recorded by `rtk finetune` (relative paths, labels)."""
@@ -78,12 +97,12 @@ class Bundle:
     def write_labels(self) -> None:
         write_text(self.root / LABELS, "\n".join(self.classes) + "\n")
 
-    def record_artifact(self, name: str, parent: str | None = None, **info: Any) -> dict:
+    def record_artifact(self, name: str, parent: str | None = None, **info: Any) -> Artifact:
         """Hash an artifact file, link it to its parent's hash, and save the manifest."""
-        entry = {"sha256": sha256(self.root / name), "parent": parent, **info}
+        entry = Artifact(sha256=sha256(self.root / name), parent=parent).with_(**info)
         if parent is not None:
-            entry["parent_sha256"] = self.manifest["artifacts"][parent]["sha256"]
-        self.manifest["artifacts"][name] = entry
+            entry = dataclasses.replace(entry, parent_sha256=self.entry(parent).sha256)
+        self.manifest = self.manifest.with_(artifacts={**self.manifest.artifacts, name: entry})
         self.save()
         return entry
 
@@ -91,11 +110,11 @@ class Bundle:
     def artifact(self, name: str, *, trusted: bool = True) -> Path:
         """Path of a recorded artifact, refused when missing, changed, stale or untrusted."""
         self._verify(name)
-        entry = self.manifest["artifacts"][name]
+        entry = self.entry(name)
         # Derived artifacts are trusted only once they passed their gate; a crash between
         # conversion and gate leaves them "pending", which is refused like a failure.
-        if trusted and entry.get("parent") is not None and entry.get("trusted") is not True:
-            if entry.get("gate") == "pending":
+        if trusted and entry.parent is not None and entry.trusted is not True:
+            if entry.gate == "pending":
                 raise RtkError(f"{name} was never checked against PyTorch (the export stopped).",
                                f"Re-export: rtk export {self.root}")
             raise RtkError(f"{name} failed its accuracy gate and is marked untrusted.",
@@ -104,22 +123,20 @@ class Bundle:
 
     def _verify(self, name: str) -> None:
         """The file matches its recorded hash, and so does every ancestor it was derived from."""
-        entry = self.manifest["artifacts"].get(name)
+        entry = self.manifest.artifact(name)
         path = self.root / name
         if entry is None or not path.is_file():
             raise RtkError(f"{self.root} has no {name}.", make_hint(name, self.root))
-        if _file_hash(path) != entry["sha256"]:
+        if _file_hash(path) != entry.sha256:
             raise RtkError(f"{name} was changed after rtk recorded it.", make_hint(name, self.root))
-        inputs = entry.get("io", {}).get("inputs") or [{}]
-        if inputs[0].get("dtype", "uint8") != "uint8":  # before the uint8 contract (contract.py)
-            raise RtkError(f"{name} takes {inputs[0]['dtype']} tensors: it was exported by an older "
+        if entry.input_dtype != "uint8":  # before the uint8 contract (contract.py)
+            raise RtkError(f"{name} takes {entry.input_dtype} tensors: it was exported by an older "
                            "rtk, before every artifact took uint8 images.",
                            f"Re-export: rtk export {self.root}")
-        parent = entry.get("parent")
-        if parent is not None:
-            self._verify(parent)
-            if self.manifest["artifacts"][parent]["sha256"] != entry.get("parent_sha256"):
-                raise RtkError(f"{name} is stale: it was made from an older {parent}.",
+        if entry.parent is not None:
+            self._verify(entry.parent)
+            if self.entry(entry.parent).sha256 != entry.parent_sha256:
+                raise RtkError(f"{name} is stale: it was made from an older {entry.parent}.",
                                f"Re-export: rtk export {self.root}")
 
 

@@ -12,25 +12,25 @@ first because TensorRT's ONNX parser takes UINT8 only as a network input read by
 
 from __future__ import annotations
 
-from typing import Any
+from .manifest import Preprocess, TensorSpec
 
 LAYOUT = "NHWC"
 DTYPE = "uint8"
 
 
-def input_spec(crop: int, name: str = "input") -> dict[str, Any]:
+def input_spec(crop: int, name: str = "input") -> TensorSpec:
     """The manifest's `input` entry for images of side `crop`."""
-    return {"name": name, "dtype": DTYPE, "layout": LAYOUT, "shape": [-1, crop, crop, 3]}
+    return TensorSpec(name=name, dtype=DTYPE, layout=LAYOUT, shape=(-1, crop, crop, 3))
 
 
-def scale_shift(pre: dict[str, Any]) -> tuple[list[float], list[float]]:
+def scale_shift(pre: Preprocess) -> tuple[list[float], list[float]]:
     """Per-channel (scale, shift) such that uint8 * scale + shift == (x/255 - mean)/std."""
-    scale = [1.0 / (255.0 * s) for s in pre["std"]]
-    shift = [-m / s for m, s in zip(pre["mean"], pre["std"])]
+    scale = [1.0 / (255.0 * s) for s in pre.std]
+    shift = [-m / s for m, s in zip(pre.mean, pre.std)]
     return scale, shift
 
 
-def with_preprocessing(model, pre: dict[str, Any], dtype=None):
+def with_preprocessing(model, pre: Preprocess, dtype=None):
     """`model` behind the contract's first ops: uint8 NHWC in, logits out (a torch Module)."""
     import torch
 

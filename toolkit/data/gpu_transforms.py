@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
 
 from .gpu_augment import random_erasing, trivial_augment
 from ..core.errors import RtkError
+from ..core.manifest import Preprocess
 from .transforms import AUGMENT
 from .gpu_augment import _gray
 
@@ -105,8 +105,8 @@ class Normalize:
     (ATen BinaryDivTrueKernel.cu), one ulp off NumPy on 126 of the 256 byte values; a device
     tensor gets a true division. UNVERIFIED on a GPU here: the `gpu` test checks it."""
 
-    def __init__(self, pre: dict[str, Any]):
-        self.mean, self.std, self._consts = pre["mean"], pre["std"], {}
+    def __init__(self, pre: Preprocess):
+        self.mean, self.std, self._consts = list(pre.mean), list(pre.std), {}
 
     def __call__(self, x):
         import torch
@@ -123,10 +123,10 @@ class Normalize:
 class EvalBatch:
     """The evaluation transform on a list of CHW uint8 RGB images, equal to imageio.eval_array."""
 
-    def __init__(self, pre: dict[str, Any]):
-        if pre["resize"] < pre["crop"]:
-            raise RtkError(f"Preprocessing resizes to {pre['resize']} px, below its "
-                           f"{pre['crop']} px crop; the GPU input path needs resize >= crop.",
+    def __init__(self, pre: Preprocess):
+        if pre.resize < pre.crop:
+            raise RtkError(f"Preprocessing resizes to {pre.resize} px, below its "
+                           f"{pre.crop} px crop; the GPU input path needs resize >= crop.",
                            "Train with --decode cpu.")
         self.pre, self.normalize = pre, Normalize(pre)
 
@@ -136,8 +136,8 @@ class EvalBatch:
 
         out = []
         for img in images:
-            geometry = eval_geometry(*img.shape[-2:], self.pre["resize"], self.pre["crop"])
-            out.append(resize_crop_exact(img, *geometry, self.pre["crop"]))
+            geometry = eval_geometry(*img.shape[-2:], self.pre.resize, self.pre.crop)
+            out.append(resize_crop_exact(img, *geometry, self.pre.crop))
         return torch.stack(out)
 
     def __call__(self, images, generator=None):
@@ -235,7 +235,7 @@ class TrainBatch:
     """One of the card's augmentation levels on a list of CHW uint8 images, as one batch: crop
     and flip in uint8, rotation and colour jitter in float, normalisation last."""
 
-    def __init__(self, pre: dict[str, Any], level: str):
+    def __init__(self, pre: Preprocess, level: str):
         if level not in AUGMENT:
             raise RtkError(f"Unknown augmentation level {level!r}.",
                            f"Use one of: {', '.join(AUGMENT)}.")
@@ -249,7 +249,7 @@ class TrainBatch:
 
         if self.spec is None:  # "none": the eval resize and crop
             return self.eval(images)
-        crop, spec, n = self.pre["crop"], self.spec, len(images)
+        crop, spec, n = self.pre.crop, self.spec, len(images)
         boxes = crop_boxes([tuple(im.shape[-2:]) for im in images], spec["scale"], generator)
         host = self._params(n, generator)  # drawn on the host, one copy to the device
         x = torch.stack([F.resized_crop(im, *box, [crop, crop], antialias=True)

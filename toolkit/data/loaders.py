@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..core.errors import RtkError
+from ..core.manifest import Preprocess
 from .images import open_rgb
 from ..core.host import usable_cores
 from .scan import Scan
@@ -84,7 +85,7 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, device: str, seed: i
         **settings)
 
 
-def training_loaders(train: Sequence, val: Sequence, pre: dict, *, augment: str, decode: str,
+def training_loaders(train: Sequence, val: Sequence, pre: Preprocess, *, augment: str, decode: str,
                      batch_size: int, device: str, seed: int, rank: int = 0, world: int = 1,
                      sampler=None):
     """(train loader, validation loader, train sampler or None). decode "cpu": PIL decode and

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ..core.manifest import Preprocess
 from .images import eval_array
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -27,29 +28,30 @@ AUGMENT: dict[str, dict[str, Any] | None] = {
 
 
 def recipe(resize: int = 232, crop: int = 224, image_size: int | None = None,
-           source: str = "IMAGENET1K_V2") -> dict[str, Any]:
+           source: str = "IMAGENET1K_V2") -> Preprocess:
     """The weights' eval recipe; `image_size` sets the crop and scales the resize with it."""
     if image_size is not None and image_size != crop:
         resize, crop = round(image_size * resize / crop), image_size
-    return {"resize": resize, "crop": crop, "interpolation": "bilinear",
-            "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "source": source}
+    return Preprocess(resize=resize, crop=crop, interpolation="bilinear", mean=IMAGENET_MEAN,
+                      std=IMAGENET_STD, source=source)
 
 
-def eval_transform(pre: dict[str, Any]) -> Callable:
+def eval_transform(pre: Preprocess) -> Callable:
     """PIL RGB image -> normalized CHW float tensor, identical to the served transform."""
     import torch
 
-    return lambda img: torch.from_numpy(eval_array(img, pre))
+    recipe = pre.to_json()  # images.py is copied into Triton: it takes the plain dict
+    return lambda img: torch.from_numpy(eval_array(img, recipe))
 
 
-def train_transform(pre: dict[str, Any], level: str) -> Callable:
+def train_transform(pre: Preprocess, level: str) -> Callable:
     """Training augmentation at one of the card's levels, ending in the eval normalization."""
     from torchvision.transforms import v2 as T
     import torch
 
-    crop, spec = pre["crop"], AUGMENT[level]
+    crop, spec = pre.crop, AUGMENT[level]
     if spec is None:
-        head = [T.Resize(pre["resize"], antialias=True), T.CenterCrop(crop)]
+        head = [T.Resize(pre.resize, antialias=True), T.CenterCrop(crop)]
     else:
         head = [T.RandomResizedCrop(crop, scale=spec["scale"], antialias=True),
                 T.RandomHorizontalFlip()]
@@ -61,4 +63,4 @@ def train_transform(pre: dict[str, Any], level: str) -> Callable:
             head.append(T.TrivialAugmentWide())
     tail = [T.RandomErasing(spec["erasing"])] if spec and spec.get("erasing") else []
     return T.Compose([T.PILToTensor(), *head, T.ToDtype(torch.float32, scale=True),
-                      T.Normalize(pre["mean"], pre["std"]), *tail])
+                      T.Normalize(list(pre.mean), list(pre.std)), *tail])

@@ -22,7 +22,7 @@ def find_models(source: Path, name: str | None) -> dict[str, Any]:
     if (source / MANIFEST).is_file():
         bundle = Bundle.load(source)
         return {"source": "run", "models": model_names(name or default_name(bundle)),
-                "finetune_args": finetune_args(bundle.manifest.get("config") or {})}
+                "finetune_args": finetune_args(bundle.manifest.config or {})}
     if source.is_dir() and any(source.glob("*/config.pbtxt")):
         return {"source": "repository", **from_repository(source, name), "finetune_args": []}
     raise RtkError(f"{source} is neither an rtk run nor a Triton model repository.",

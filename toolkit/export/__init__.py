@@ -10,6 +10,7 @@ import numpy as np
 from ..core.bundle import Bundle
 from ..core.errors import GateFailed, RtkError
 from ..core.host import tensorrt_ready
+from ..core.manifest import ExportRecord
 from .gate import Tolerances, judge, measure
 
 
@@ -71,7 +72,7 @@ def _export(bundle: Bundle, opts: ExportOptions, echo: Callable,
         raise RtkError("TensorRT engines are built from the FP16 graph.", "Add --fp16.")
     bundle.artifact("model.pt")  # refuse a changed checkpoint before deriving from it
     made: list[tuple[str, str, str]] = []  # (artifact, backend, precision)
-    echo(f"Exporting {bundle.manifest['arch']} to ONNX (opset {opts.opset}, dynamic batch)...")
+    echo(f"Exporting {bundle.manifest.arch} to ONNX (opset {opts.opset}, dynamic batch)...")
     export_onnx(bundle, opts.opset, opts.max_batch)
     bundle.record_artifact("model.onnx", parent="model.pt", **PENDING, io=io_spec(bundle.path("model.onnx")),
                            precision="fp32", max_batch=opts.max_batch)
@@ -96,7 +97,7 @@ def _export(bundle: Bundle, opts: ExportOptions, echo: Callable,
     int8, note = next((i for i, m in enumerate(made) if m[0] == "model.int8.onnx"), None), None
     if int8 is not None:
         note = _int8_verdict(bundle, opts, gate, rows, int8, echo)
-    bundle.manifest["export"] = {"parity": rows, "data": opts.data_dir or "validation split"}
+    bundle.update(export=ExportRecord(parity=tuple(rows), data=opts.data_dir or "validation split"))
     bundle.save()
     return rows, note
 
@@ -109,11 +110,11 @@ def _int8_verdict(bundle: Bundle, opts: ExportOptions, gate: "Gate", rows: list[
     if not rows[i]["passed"] and opts.int8_search == "auto":
         echo("model.int8.onnx failed its gate: searching for an INT8 configuration that passes...")
         note = search_int8(bundle, opts, gate, rows[i], echo)
-        rows[i] = {**bundle.manifest["artifacts"]["model.int8.onnx"]["parity"],
+        rows[i] = {**bundle.entry("model.int8.onnx").parity,
                    "artifact": "model.int8.onnx"}
         return note
     path = bundle.path("model.int8.onnx")
-    bundle.manifest["artifacts"]["model.int8.onnx"]["speed"] = int8_speed(bundle, path, path, echo)
+    bundle.update_artifact("model.int8.onnx", speed=int8_speed(bundle, path, path, echo))
     bundle.save()
     return None
 
@@ -130,12 +131,12 @@ def _int8(bundle: Bundle, opts: ExportOptions, echo: Callable) -> None:
 def _build_plan(bundle: Bundle, opts: ExportOptions) -> None:
     from .tensorrt import build_engine
 
-    crop = bundle.preprocessing["crop"]
+    crop = bundle.preprocessing.crop
     info = build_engine(bundle.path("model.fp16.onnx"), bundle.path("model.fp16.plan"),
-                        bundle.manifest["input"]["name"], (crop, crop, 3), opts.max_batch,
+                        bundle.manifest.input.name, (crop, crop, 3), opts.max_batch,
                         opt_batch=opts.opt_batch, cache_path=bundle.path("tensorrt.timing.cache"))
     bundle.record_artifact("model.fp16.plan", parent="model.fp16.onnx", **PENDING, precision="fp16",
-                           io=bundle.manifest["artifacts"]["model.fp16.onnx"]["io"], **info)
+                           io=bundle.entry("model.fp16.onnx").io, **info)
 
 
 class Gate:
@@ -162,8 +163,8 @@ class Gate:
     def record(self, artifact: str, row: dict) -> dict:
         """Record a verdict (trusted or not) in the manifest."""
         row = {**row, "artifact": artifact}
-        self.bundle.manifest["artifacts"][artifact].update(
-            trusted=row["passed"], gate="passed" if row["passed"] else "failed",
+        self.bundle.update_artifact(
+            artifact, trusted=row["passed"], gate="passed" if row["passed"] else "failed",
             parity={k: v for k, v in row.items() if k != "artifact"})
         self.bundle.save()
         return row

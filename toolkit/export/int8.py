@@ -14,6 +14,7 @@ import numpy as np
 
 from ..core.bundle import Bundle
 from ..core.files import atomic_path
+from ..core.manifest import Preprocess
 from .int8_search import Int8Config, Probe, Search, images_per_second, search
 from .precision import prepare_for_int8, to_int8
 
@@ -59,13 +60,13 @@ def stratified_order(bundle: Bundle, seed: int = 0) -> list[tuple[Path, int]]:
     rng = random.Random(seed)
     for rels in by_class.values():
         rng.shuffle(rels)
-    root = Path(bundle.manifest["data"]["train_dir"])
+    root = Path(bundle.manifest.data.train_dir)
     mixed = chain.from_iterable(zip_longest(*([(root / rel, k) for rel in by_class[k]]
                                                for k in sorted(by_class))))
     return [item for item in mixed if item is not None]
 
 
-def _load(samples: list[tuple[Path, int]], pre: dict) -> np.ndarray:
+def _load(samples: list[tuple[Path, int]], pre: Preprocess) -> np.ndarray:
     from ..backends.run import batches
 
     return np.concatenate(list(batches([p for p, _ in samples], pre, 64)))
@@ -77,7 +78,7 @@ def _probe(bundle: Bundle, order: list[tuple[Path, int]], split: Split) -> Probe
 
     samples = order[split.calib + split.grow:][:split.probe]
     images = _load(samples, bundle.preprocessing)
-    reference = _run(bundle.path("model.onnx"), bundle.manifest["input"]["name"], images)
+    reference = _run(bundle.path("model.onnx"), bundle.manifest.input.name, images)
     return Probe(images, np.array([y for _, y in samples]), reference)
 
 
@@ -92,7 +93,7 @@ class Quantizer:
                                                                          len(self.order))
         self.first = Int8Config(calib_size=calib)
         self.bundle, self.opts = bundle, opts
-        self.name, self.pre = bundle.manifest["input"]["name"], bundle.preprocessing
+        self.name, self.pre = bundle.manifest.input.name, bundle.preprocessing
         self.prepared = prepare_for_int8(bundle.path("model.onnx"), work / "prepared.onnx")
 
     def __call__(self, cfg: Int8Config, dst: Path, cache: Path | None) -> dict:
@@ -125,7 +126,7 @@ def search_int8(bundle: Bundle, opts, gate, first_row: dict, echo: Callable = pr
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=bundle.root) as tmp:
         work = Path(tmp)
         q = Quantizer(bundle, opts, work)
-        entry = bundle.manifest["artifacts"][artifact]
+        made = bundle.entry(artifact).to_json()  # to_int8's fields, replayed into the trial
         probe = _probe(bundle, q.order, q.split)
         echo(f"  {q.split.describe(first_row['n'])}")
         echo(f"  Judging each configuration on those {len(probe.labels)} images at half the "
@@ -134,7 +135,7 @@ def search_int8(bundle: Bundle, opts, gate, first_row: dict, echo: Callable = pr
                    max_trials=opts.int8_budget, max_calib=q.split.calib + q.split.grow, echo=echo)
         single = work / "single.onnx"
         shutil.copyfile(bundle.path(artifact), single)
-        first = s.adopt(q.first, single, {k: entry[k] for k in ("format", "scheme", "activations",
+        first = s.adopt(q.first, single, {k: made[k] for k in ("format", "scheme", "activations",
                                                                  "weights", "calibration",
                                                                  "kept_float")})
         first["held_out"] = _verdict(first_row)
@@ -195,14 +196,14 @@ def _record(bundle: Bundle, opts, s: Search, final: dict, looks: int, speed: dic
     for t in trials:
         if "held_out" in t:
             t["held_out"] = {k: v for k, v in t["held_out"].items() if k not in ("row", "score")}
-    entry = bundle.manifest["artifacts"]["model.int8.onnx"]
-    entry.update(**final["info"], kept_float_nodes=len(final["cfg"].exclude), speed=speed,
-                 calibration_images=final["cfg"].calib_size,
-                 search={"mode": opts.int8_search, "budget_trials": opts.int8_budget,
-                         "split": asdict(s.quantize.split),
-                         "probe_images": len(s.probe.labels), "probe_overlaps_calibration": False,
-                         "trials": trials, "chosen": final["label"], "held_out_looks": looks,
-                         "max_held_out_looks": MAX_LOOKS})
+    bundle.update_artifact(
+        "model.int8.onnx", **final["info"], kept_float_nodes=len(final["cfg"].exclude), speed=speed,
+        calibration_images=final["cfg"].calib_size,
+        search={"mode": opts.int8_search, "budget_trials": opts.int8_budget,
+                "split": asdict(s.quantize.split),
+                "probe_images": len(s.probe.labels), "probe_overlaps_calibration": False,
+                "trials": trials, "chosen": final["label"], "held_out_looks": looks,
+                "max_held_out_looks": MAX_LOOKS})
     bundle.save()
 
 
@@ -230,12 +231,12 @@ def _failure(s: Search, best: dict, looks: int, opts, split: Split) -> str:
 def int8_speed(bundle: Bundle, single: Path, chosen: Path, echo: Callable = print) -> dict:
     """Images/s at batch 8 of FP32, the single-shot INT8 and the chosen INT8 graph, measured
     interleaved in one run; the ratios are what keeping nodes in float cost."""
-    crop = bundle.preprocessing["crop"]
+    crop = bundle.preprocessing.crop
     batch = np.random.default_rng(0).integers(0, 256, (8, crop, crop, 3), dtype=np.uint8)
     paths = {"fp32": bundle.path("model.onnx"), "single_shot_int8": single}
     if chosen != single:
         paths["int8"] = chosen
-    rates = images_per_second(paths, bundle.manifest["input"]["name"], batch)
+    rates = images_per_second(paths, bundle.manifest.input.name, batch)
     rates.setdefault("int8", rates["single_shot_int8"])
     vs_fp32 = rates["int8"] / rates["fp32"]
     out = {"batch": 8, "images_per_s": {k: round(v, 1) for k, v in rates.items()},

@@ -29,12 +29,12 @@ def export_onnx(bundle: Bundle, opset: int = 18, max_batch: int = 64) -> Path:
     if opset < MIN_OPSET:
         raise RtkError(f"--opset {opset} is too old.", f"Use {MIN_OPSET} or newer (default 18).")
     model = with_preprocessing(load_bundle_model(bundle), bundle.preprocessing)
-    crop = bundle.preprocessing["crop"]
+    crop = bundle.preprocessing.crop
     example = torch.randint(0, 256, (2, crop, crop, 3), dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
     # Runs exported by an older rtk recorded float32 NCHW; the contract is set here for them too.
-    bundle.manifest["input"] = input_spec(crop, bundle.manifest["input"]["name"])
-    inp, out = bundle.manifest["input"]["name"], bundle.manifest["output"]["name"]
+    bundle.update(input=input_spec(crop, bundle.manifest.input.name))
+    inp, out = bundle.manifest.input.name, bundle.manifest.output.name
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (example,), input_names=[inp], output_names=[out],
@@ -43,8 +43,8 @@ def export_onnx(bundle: Bundle, opset: int = 18, max_batch: int = 64) -> Path:
     proto = program.model_proto
     _check_dynamic_batch(proto, inp, out)
     for key, value in (("rtk.classes", json.dumps(bundle.classes)),
-                       ("rtk.preprocessing", json.dumps(bundle.preprocessing)),
-                       ("rtk.arch", bundle.manifest["arch"])):
+                       ("rtk.preprocessing", json.dumps(bundle.preprocessing.to_json())),
+                       ("rtk.arch", bundle.manifest.arch)):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     path = bundle.path("model.onnx")

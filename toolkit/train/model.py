@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from ..core.errors import RtkError
+from ..core.manifest import Preprocess
 from ..data.transforms import recipe
 
 
@@ -44,7 +44,7 @@ def imagenet_weights(arch: str):
     return getattr(enum, "IMAGENET1K_V2", None) or enum.DEFAULT
 
 
-def preprocessing_for(arch: str, weights: str, image_size: int | None) -> dict[str, Any]:
+def preprocessing_for(arch: str, weights: str, image_size: int | None) -> Preprocess:
     """The eval recipe of the arch's ImageNet weights, rescaled to `image_size`."""
     w = imagenet_weights(arch)
     t = w.transforms()
@@ -115,7 +115,7 @@ def load_bundle_model(bundle, checkpoint: str = "model.pt"):
     """The bundle's trained model in eval mode on the CPU."""
     from torchvision import models
 
-    model = models.get_model(bundle.manifest["arch"], weights=None)
+    model = models.get_model(bundle.manifest.arch, weights=None)
     replace_head(model, len(bundle.classes))
     path = bundle.root / checkpoint
     if not path.is_file():

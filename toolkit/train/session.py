@@ -18,6 +18,7 @@ from ..core.files import write_json
 from .loop import (Runtime, StepOptions, Throughput, init_distributed, make_optimizer, new_totals,
                    optimizer_steps, pick_device, predict_logits, train_one_epoch, warmup_cosine)
 from ..core.host import pick_amp_dtype
+from ..core.manifest import Metrics
 from ..core.metrics import classification, weakest
 from .recipe import EarlyStop, ModelEma, frozen_eval, set_backbone_frozen, split_head
 from ..data.scan import scan_folder
@@ -130,7 +131,7 @@ class TrainingSession:
         cfg, rt, notes = self.cfg, self.rt, self.recipe_notes
         self.stop = EarlyStop(patience=cfg.patience)
         if cfg.batch_size == "auto":
-            size = self.preprocessing["crop"]
+            size = self.preprocessing.crop
             batch, why = (cuda_batch_size(self.model, size, rt.amp_dtype, len(self.classes))
                           if rt.device == "cuda" else cpu_batch_size(self.model, size))
             self.cfg = cfg = replace(cfg, batch_size=batch)
@@ -314,7 +315,7 @@ class TrainingSession:
                     "classes": self.classes, "epoch": epoch + 1, "weights": which,
                     "val_accuracy": evaluation["accuracy"],
                     "val_balanced_accuracy": evaluation["balanced_accuracy"]})
-                bundle.manifest["metrics"] = self._metrics(evaluation, epoch + 1)
+                bundle.update(metrics=self._metrics(evaluation, epoch + 1))
                 bundle.record_artifact("model.pt")
             write_bundle_files(bundle, self.history, evaluation)
         self._barrier()
@@ -363,7 +364,7 @@ class TrainingSession:
         bundle = Bundle.create(
             self.out, status="training", arch=cfg.arch, classes=self.classes,
             num_classes=len(self.classes), preprocessing=self.preprocessing,
-            input=input_spec(self.preprocessing["crop"]),
+            input=input_spec(self.preprocessing.crop),
             output={"name": "logits", "dtype": "float32", "shape": [-1, len(self.classes)]},
             data={"train_dir": str(root),
                   "val_dir": str(Path(cfg.val_dir).resolve()) if cfg.val_dir else None,
@@ -382,14 +383,14 @@ class TrainingSession:
             bundle.save()
         return bundle
 
-    def _metrics(self, evaluation: dict, epoch: int) -> dict[str, Any]:
+    def _metrics(self, evaluation: dict, epoch: int) -> Metrics:
         last = self.history[-1]
-        return {"best_epoch": epoch, "val_accuracy": evaluation["accuracy"],
-                "val_balanced_accuracy": evaluation["balanced_accuracy"],
-                "weights": last["weights"], "monitor": self._monitor(),
-                "val_top5": evaluation["top5"], "train_accuracy": last["train_accuracy"],
-                "val_loss": last["val_loss"], "per_class": evaluation["per_class"],
-                "train_images_per_second": last["images_per_second"]}
+        return Metrics(best_epoch=epoch, val_accuracy=evaluation["accuracy"],
+                       val_balanced_accuracy=evaluation["balanced_accuracy"],
+                       weights=last["weights"], monitor=self._monitor(),
+                       val_top5=evaluation["top5"], train_accuracy=last["train_accuracy"],
+                       val_loss=last["val_loss"], per_class=evaluation["per_class"],
+                       train_images_per_second=last["images_per_second"])
 
     def _finish(self, bundle: Bundle, evaluation: dict) -> Bundle:
         if not self.rt.is_main:
@@ -399,13 +400,14 @@ class TrainingSession:
                 "patience": self.stop.patience}
         findings = presets.diagnose(self.history, self.cfg.lr, self.cfg.arch, stop)
         if self.stop.stopped_epoch:
-            bundle.manifest.setdefault("metrics", {})["stopped_epoch"] = self.stop.stopped_epoch
-        bundle.manifest.update(status="complete", diagnosis=findings)
+            bundle.update(metrics=(bundle.manifest.metrics or Metrics()).with_(
+                stopped_epoch=self.stop.stopped_epoch))
+        bundle.update(status="complete", diagnosis=tuple(findings))
         bundle.record_artifact("last.pt")
-        metrics = bundle.manifest.get("metrics", {})
-        self.echo(f"Best validation accuracy {metrics.get('val_accuracy', 0):.2%}, balanced "
-                  f"{metrics.get('val_balanced_accuracy', 0):.2%} (epoch "
-                  f"{metrics.get('best_epoch')}, {metrics.get('weights', 'raw')} weights); "
+        metrics = bundle.manifest.metrics or Metrics()
+        self.echo(f"Best validation accuracy {metrics.val_accuracy or 0:.2%}, balanced "
+                  f"{metrics.val_balanced_accuracy or 0:.2%} (epoch "
+                  f"{metrics.best_epoch}, {metrics.weights or 'raw'} weights); "
                   f"bundle in {self.out}")
         if evaluation:
             weak = ", ".join(f"{c} {a:.0%}" for c, a in weakest(evaluation["per_class"]))

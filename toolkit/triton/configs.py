@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..core.errors import RtkError, require
+from ..core.manifest import Preprocess
 
 # NumPy dtype names (as recorded by `rtk export`) to Triton data types.
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64",
@@ -122,13 +122,13 @@ def classifier(name: str, platform: str, inp: Tensor, out: Tensor, serving: Serv
     return config
 
 
-def preprocess(name: str, out: Tensor, serving: Serving, preprocessing: dict[str, Any]):
+def preprocess(name: str, out: Tensor, serving: Serving, preprocessing: Preprocess):
     """Python backend: encoded images (BYTES) to the classifier's uint8 image batch."""
     import json
 
     config = _base(name, serving, [Tensor(IMAGE_INPUT, "object", [1])], [out])
     config.backend = "python"
-    config.parameters["preprocessing"].string_value = json.dumps(preprocessing, sort_keys=True)
+    config.parameters["preprocessing"].string_value = json.dumps(preprocessing.to_json(), sort_keys=True)
     _schedule(config, serving)  # KIND_GPU: nvJPEG decoding, the batch stays on the GPU
     warm = config.model_warmup.add(name="sample_image", batch_size=1)
     warm.inputs[IMAGE_INPUT].data_type = _dtype("object")

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from ..core.bundle import Bundle
 from ..core.errors import RtkError
+from ..core.manifest import Artifact
 from ..core.files import umask
 from . import configs
 from .configs import Serving, Tensor
@@ -86,27 +87,27 @@ def _check(opts: RepoOptions) -> None:
                        "Use 0 for no limit, or leave them out for the defaults.")
 
 
-def _classifier_io(bundle: Bundle, artifact: str) -> tuple[dict, Tensor, Tensor, int]:
+def _classifier_io(bundle: Bundle, artifact: str) -> tuple[Artifact, Tensor, Tensor, int]:
     """The artifact's entry, input/output tensors and batch limit, all from the manifest."""
-    entry = bundle.manifest["artifacts"][artifact]
-    spec = entry.get("io") or bundle.manifest["artifacts"].get(entry.get("parent"), {}).get("io")
-    if not spec:
+    entry = bundle.entry(artifact)
+    parent = bundle.manifest.artifact(entry.parent) or Artifact(sha256="")
+    spec = entry.io or parent.io
+    if not spec or not spec.inputs:
         raise RtkError(f"The manifest records no inputs/outputs for {artifact}.",
                        f"Re-export: rtk export {bundle.root}")
-    (inp,), (out,) = spec["inputs"], spec["outputs"]
-    if inp["shape"][0] != -1 or out["shape"][0] != -1:
+    (inp,), (out,) = spec.inputs, spec.outputs
+    if inp.shape[0] != -1 or out.shape[0] != -1:
         raise RtkError(f"{artifact} has a fixed batch dimension.", f"Re-export: rtk export {bundle.root}")
-    parent = bundle.manifest["artifacts"].get(entry.get("parent"), {})
-    limit = entry.get("profile", {}).get("max") if artifact.endswith(".plan") else \
-        entry.get("max_batch") or parent.get("max_batch")
+    limit = (entry.profile.max if entry.profile else None) if artifact.endswith(".plan") else \
+        entry.max_batch or parent.max_batch
     if not limit:
         raise RtkError(f"The manifest records no batch range for {artifact}.",
                        f"Re-export: rtk export {bundle.root}")
-    return (entry, Tensor(inp["name"], inp["dtype"], inp["shape"][1:]),
-            Tensor(out["name"], out["dtype"], out["shape"][1:]), int(limit))
+    return (entry, Tensor(inp.name, inp.dtype, list(inp.shape[1:])),
+            Tensor(out.name, out.dtype, list(out.shape[1:])), int(limit))
 
 
-def _check_plan(entry: dict, opts: RepoOptions) -> None:
+def _check_plan(entry: Artifact, opts: RepoOptions) -> None:
     from .targets import local_target, plan_mismatch
 
     here = {} if opts.target_tensorrt and opts.target_cc else local_target()
@@ -132,8 +133,7 @@ def choose_artifact(bundle: Bundle, opts: RepoOptions) -> str:
             raise RtkError(f"Unknown --artifact {opts.artifact!r}.",
                            f"Use one of: {', '.join(ONNX_ARTIFACTS)}.")
         return ONNX_ARTIFACTS[opts.artifact]  # refused below if it is not trusted
-    int8 = bundle.manifest.get("artifacts", {}).get(ONNX_ARTIFACTS["int8"], {})
-    if opts.kind == "cpu" and int8.get("trusted") is True:
+    if opts.kind == "cpu" and bundle.manifest.trusted(ONNX_ARTIFACTS["int8"]):
         return ONNX_ARTIFACTS["int8"]
     return ONNX_ARTIFACTS["onnx"]
 
@@ -169,7 +169,7 @@ def build_configs(bundle: Bundle, opts: RepoOptions) -> tuple[dict[str, Any], di
         raise RtkError(f"--max-batch {max_batch} is outside {artifact}'s batch range 1..{limit}.",
                        f"Use --max-batch {limit} or less, or re-export with a larger --max-batch.")
     params = {"rtk.run": bundle.root.resolve().name,
-              "rtk.artifact": artifact, "rtk.artifact_sha256": entry["sha256"]}
+              "rtk.artifact": artifact, "rtk.artifact_sha256": entry.sha256}
 
     def serving(role: str, **extra: str) -> Serving:
         return Serving(max_batch, opts.kind, instances, opts.queue_delay_us,
@@ -233,7 +233,7 @@ def _write_model(folder: Path, role: str, config, bundle: Bundle, artifact: str)
             shutil.copyfile(HERE / "models" / "gpu_decode.py", version / "gpu_decode.py")
         (folder / "warmup").mkdir()
         (folder / "warmup" / configs.WARMUP_FILE).write_bytes(
-            _warmup_bytes(bundle.preprocessing["crop"]))
+            _warmup_bytes(bundle.preprocessing.crop))
     elif role == "postprocess":
         shutil.copyfile(HERE / "models" / "postprocess.py", version / "model.py")
     else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from ..core.manifest import Artifact
 
 
 def local_target() -> dict[str, str | None]:
@@ -32,11 +32,11 @@ def _release(version: str) -> tuple[str, ...]:
     return tuple(str(version).split(".")[:3])
 
 
-def plan_mismatch(entry: dict[str, Any], tensorrt_version: str | None,
+def plan_mismatch(entry: Artifact, tensorrt_version: str | None,
                   compute_capability: str | None) -> str | None:
     """None when the plan fits the target, else the reason it does not."""
-    built_trt, built_cc = entry.get("tensorrt_version"), entry.get("compute_capability")
-    gpu = entry.get("gpu", "an unknown GPU")
+    built_trt, built_cc = entry.tensorrt_version, entry.compute_capability
+    gpu = entry.gpu or "an unknown GPU"
     if not built_trt or not built_cc:
         return "the manifest does not record the TensorRT version and GPU the plan was built with"
     if not tensorrt_version:

@@ -36,8 +36,7 @@ class TuneOptions:
 
 def trusted_artifacts(bundle: Bundle) -> list[str]:
     """The ONNX artifacts whose export gate passed (the only ones worth timing)."""
-    found = [key for name, key in ARTIFACT_KEYS.items()
-             if bundle.manifest.get("artifacts", {}).get(name, {}).get("trusted") is True]
+    found = [key for name, key in ARTIFACT_KEYS.items() if bundle.manifest.trusted(name)]
     if not found:
         raise RtkError(f"{bundle.root} has no trusted ONNX artifact to deploy.",
                        f"Export and gate one first: rtk export {bundle.root} --int8")
@@ -83,16 +82,13 @@ def tune(bundle: Bundle, opts: TuneOptions, echo: Callable = print) -> dict[str,
         coordinate_ascent(space, default, score, out_of_time)
     finally:
         bench.close()
-    result = decide(measured, default, opts.p99_ms)
+    result, pick = decide(measured, default, opts.p99_ms)
     result.update(elapsed_s=round(time.monotonic() - started, 1), budget_minutes=opts.budget_minutes,
                   platform=platform, kind=opts.kind)
-    if result["chosen"]:
+    if pick is not None:
         from ..triton import write_repository
 
-        c = result["chosen"]
-        summary = write_repository(bundle, options(Candidate(c["artifact"], c["max_batch"],
-                                                             c["instances"], c["queue_delay_us"]),
-                                                   opts.repo), echo=echo)
+        summary = write_repository(bundle, options(pick, opts.repo), echo=echo)
         result["repository"] = summary["repo"]
         env = f" --backend-env {opts.backend_env}" if opts.backend_env else ""
         result["serve"] = f"rtk serve {summary['repo']}{env}"
@@ -124,13 +120,16 @@ def _brief(r: dict) -> dict:
     return {k: r.get(k) for k in FIELDS}
 
 
-def decide(measured: dict[Candidate, list[dict]], default: Candidate, budget: float) -> dict:
-    """The report object: every point, the default deployment's best point, and the pick."""
-    points = [_brief(r) for rows in measured.values() for r in rows]
+def decide(measured: dict[Candidate, list[dict]], default: Candidate,
+           budget: float) -> tuple[dict, Candidate | None]:
+    """The report object (every point, the default deployment's best point, the pick's point)
+    and the picked candidate itself (None when no point meets the budget)."""
+    owned = [(c, _brief(r)) for c, rows in measured.items() for r in rows]
+    points = [p for _, p in owned]
     ok = [p for p in points if p["status"] == "ok"]
-    within = [p for p in ok if p["p99_ms"] <= budget]
+    within = [(c, p) for c, p in owned if p["status"] == "ok" and p["p99_ms"] <= budget]
 
-    chosen = max(within, key=lambda p: p["throughput"]) if within else None
+    pick, chosen = max(within, key=lambda cp: cp[1]["throughput"]) if within else (None, None)
     default_point = best_point([_brief(r) for r in measured.get(default, [])], budget)
     result = {"p99_budget_ms": budget, "candidates": points, "default": default_point,
               "chosen": chosen, "candidates_measured": len(measured)}
@@ -146,4 +145,4 @@ def decide(measured: dict[Candidate, list[dict]], default: Candidate, budget: fl
         result["speedup_vs_default"] = gain
         result["verdict"] = (f"{chosen['throughput']:.1f} images/s at concurrency "
                              f"{chosen['concurrency']} with p99 {chosen['p99_ms']:.1f} ms")
-    return result
+    return result, pick
