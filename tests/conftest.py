@@ -6,6 +6,8 @@ changes a bundle takes `bundle_copy` instead of `tiny_bundle`.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import shutil
 import signal
@@ -33,24 +35,94 @@ TINY_TRAIN = ["--arch", "resnet18", "--weights", "none", "--image-size", "32", "
               "--batch-size", "4", "--device", "cpu", "--no-progress"]
 
 
+@functools.lru_cache(maxsize=1)
+def tritonserver_missing() -> str | None:
+    """Why no local Triton server can start here; None when one can.
+
+    The tests use what `rtk serve` uses: tritonserver on PATH, else nvidia-pytriton's in the
+    backend environment (toolkit.triton.backend_env: $RTK_TRITON_ENV or beside this venv).
+    """
+    from toolkit.core.errors import RtkError
+    from toolkit.triton import backend_env
+
+    if shutil.which("tritonserver"):
+        return None
+    try:
+        backend_env.check()
+    except RtkError as exc:
+        return f"{exc.message} {exc.hint}"
+    return None
+
+
+def capability_missing(name: str) -> str | None:
+    """Why `gpu`, `tensorrt` or `triton` tests cannot run here (None: they can)."""
+    from toolkit.core import host
+
+    if name == "gpu":
+        return None if host.gpu() else "needs a CUDA GPU"
+    if name == "tensorrt":
+        trt = host.tensorrt_ready()
+        return trt and f"needs TensorRT: {trt} (pip install 'rtk[gpu]')"
+    why = tritonserver_missing()
+    return why and f"Triton server missing: {why}"
+
+
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection: probe only for tests that will run
 def pytest_collection_modifyitems(config, items):
-    """Skip `gpu` and `tensorrt` tests on machines without the capability (see pyproject)."""
-    import importlib.util
-
-    marked = [i for i in items if i.get_closest_marker("gpu") or i.get_closest_marker("tensorrt")]
-    if not marked:
-        return
-    import torch
-
-    reasons = {"gpu": None if torch.cuda.is_available() else "needs a CUDA GPU",
-               "tensorrt": ("needs the tensorrt package (pip install 'rtk[gpu]')"
-                            if importlib.util.find_spec("tensorrt") is None
-                            else None if torch.cuda.is_available() else "needs a CUDA GPU")}
-    for item in marked:
-        for name, reason in reasons.items():
-            if reason and item.get_closest_marker(name):
-                item.add_marker(pytest.mark.skip(reason=reason))
+    """Skip `gpu`, `tensorrt` and `triton` tests on machines without the capability, with the
+    reason. Under CI a missing Triton server fails the run instead: CI must serve for real."""
+    reasons: dict[str, str | None] = {}
+    for item in items:
+        for name in ("gpu", "tensorrt", "triton"):
+            if not item.get_closest_marker(name):
+                continue
+            if name not in reasons:
+                reasons[name] = capability_missing(name)
+                if name == "triton" and reasons[name] and os.environ.get("CI"):
+                    raise pytest.UsageError(f"CI is set but no Triton server can start: "
+                                            f"{reasons[name]}")
+            if reasons[name]:
+                item.add_marker(pytest.mark.skip(reason=reasons[name]))
                 break
+
+
+# A synthetic bundle (fake_bundle): fixed bytes stand in for the weights, so hashes and the
+# Triton golden files are stable.
+FAKE_CLASSES = ["cat", "dog", "fox"]
+FAKE_PRE = {"resize": 37, "crop": 32, "interpolation": "bilinear",
+            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "source": "IMAGENET1K_V1"}
+FAKE_IO = {"inputs": [{"name": "input", "dtype": "uint8", "shape": [-1, 32, 32, 3]}],
+           "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, 3]}], "opset": 18}
+FAKE_PLAN = {"tensorrt_version": "10.9.0.34", "gpu": "NVIDIA H100 80GB HBM3",
+             "compute_capability": "9.0", "strongly_typed": True,
+             "profile": {"input": "input", "min": 1, "opt": 16, "max": 32}}
+
+
+def fake_bundle(root: Path):
+    """A run directory whose artifacts are fixed bytes with a consistent manifest."""
+    from toolkit.core.bundle import Bundle
+
+    root.mkdir(parents=True)
+    files = {"model.pt": b"pt", "model.onnx": b"onnx-fp32", "model.fp16.onnx": b"onnx-fp16",
+             "model.fp16.plan": b"plan"}
+    sha = {}
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+        sha[name] = hashlib.sha256(data).hexdigest()
+    artifacts = {
+        "model.pt": {"sha256": sha["model.pt"], "parent": None},
+        "model.onnx": {"sha256": sha["model.onnx"], "parent": "model.pt",
+                       "parent_sha256": sha["model.pt"], "io": FAKE_IO, "max_batch": 64,
+                       "trusted": True},
+        "model.fp16.onnx": {"sha256": sha["model.fp16.onnx"], "parent": "model.onnx",
+                            "parent_sha256": sha["model.onnx"], "io": FAKE_IO, "trusted": True},
+        "model.fp16.plan": {"sha256": sha["model.fp16.plan"], "parent": "model.fp16.onnx",
+                            "parent_sha256": sha["model.fp16.onnx"], "trusted": True, **FAKE_PLAN},
+    }
+    bundle = Bundle.create(root, arch="resnet18", classes=FAKE_CLASSES, num_classes=3,
+                           preprocessing=FAKE_PRE, artifacts=artifacts)
+    bundle.save()
+    return bundle
 
 
 def write_class_images(root: Path, colours: dict[str, tuple[int, int, int]] = CLASS_COLOURS,
@@ -74,16 +146,23 @@ def tiny_data(tmp_path_factory) -> Path:
     return write_class_images(tmp_path_factory.mktemp("tiny_data"))
 
 
-@pytest.fixture(scope="session")
-def tiny_bundle(tiny_data, tmp_path_factory) -> Path:
-    """A finished run directory: resnet18, weights none, 32 px, 1 epoch, batch 4, CPU, seed 0."""
+def fit_tiny(data: Path, out: Path, **options):
+    """Train in-process, quietly: resnet18, weights none, 32 px, 1 epoch, batch 4, CPU, seed 0
+    unless `options` (TrainConfig fields) say otherwise; returns fit's Bundle."""
     from toolkit.train.config import TrainConfig
     from toolkit.train.session import fit
 
+    tiny = dict(arch="resnet18", weights="none", image_size=32, epochs=1, batch_size=4,
+                device="cpu", seed=0)
+    return fit(TrainConfig(data_dir=str(data), out=str(out), **{**tiny, **options}),
+               progress=False, echo=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_data, tmp_path_factory) -> Path:
+    """A finished run directory: the fit_tiny defaults (one CPU epoch at 32 px)."""
     out = tmp_path_factory.mktemp("bundles") / "tiny"
-    cfg = TrainConfig(data_dir=str(tiny_data), out=str(out), arch="resnet18", weights="none",
-                      image_size=32, epochs=1, batch_size=4, device="cpu", seed=0)
-    fit(cfg, progress=False, echo=lambda *_: None)
+    fit_tiny(tiny_data, out)
     return out
 
 

@@ -52,6 +52,7 @@ def no_tritonserver_on_path(monkeypatch):
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
 
 
+@pytest.mark.slow
 def test_a_complete_environment_passes_and_reports_its_versions(tmp_path):
     env = backend_env.check(fake_env(tmp_path / "env"))
     assert env.python == PYTHON and env.versions["numpy"] == "1.26.4"
@@ -59,6 +60,7 @@ def test_a_complete_environment_passes_and_reports_its_versions(tmp_path):
     assert "numpy 1.26.4" in backend_env.describe(env)
 
 
+@pytest.mark.slow
 def test_numpy_2_is_refused_with_the_command_that_fixes_it(tmp_path):
     root = fake_env(tmp_path / "env", numpy="2.1.0")
     with pytest.raises(RtkError) as info:
@@ -67,6 +69,7 @@ def test_numpy_2_is_refused_with_the_command_that_fixes_it(tmp_path):
     assert info.value.hint == f"Fix it with: rtk triton-env {root}"
 
 
+@pytest.mark.slow
 def test_missing_packages_are_named(tmp_path):
     root = fake_env(tmp_path / "env", missing=("onnxruntime", "pytriton"))
     with pytest.raises(RtkError, match="lacks nvidia-pytriton, onnxruntime"):
@@ -88,6 +91,7 @@ def test_the_variable_chooses_the_environment_and_the_default_sits_beside_the_ve
         assert root == prefix.with_name(prefix.name + "-triton")
 
 
+@pytest.mark.slow
 def test_the_stub_gets_the_backend_environment_and_not_rtks(tmp_path, monkeypatch,
                                                              no_tritonserver_on_path):
     root = fake_env(tmp_path / "env")
@@ -137,6 +141,7 @@ def test_serve_without_the_environment_says_so_and_how_to_make_it(cli, tmp_path,
                       f"Create it with: rtk triton-env {absent}")
 
 
+@pytest.mark.slow
 def test_serve_with_numpy_2_in_the_environment_says_so(cli, tmp_path, no_tritonserver_on_path):
     root = fake_env(tmp_path / "env", numpy="2.2.0")
     assert_user_error(_serve(cli, tmp_path, root), "has numpy 2.2.0", f"rtk triton-env {root}")

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY_TRAIN, assert_user_error, interrupt_training
+from conftest import TINY_TRAIN, assert_user_error, fit_tiny, interrupt_training
 
 from toolkit.train import checkpoint
 from toolkit.core.errors import RtkError
@@ -156,16 +156,12 @@ def _history_epochs(run):
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_data, tmp_path_factory):
     """The reference: the same 3-epoch run, never interrupted."""
-    from toolkit.train.config import TrainConfig
-    from toolkit.train.session import fit
-
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    fit(TrainConfig(data_dir=str(tiny_data), out=str(out), arch="resnet18", weights="none",
-                    image_size=32, epochs=RESUME_EPOCHS, batch_size=4, device="cpu"),
-        progress=False, echo=lambda *_: None)
+    fit_tiny(tiny_data, out, epochs=RESUME_EPOCHS)
     return out
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_finishes_the_run_exactly(cli, rtk_process, tiny_data, tmp_path,
                                                       uninterrupted):
     run = tmp_path / "run"
@@ -192,6 +188,7 @@ def test_resume_after_kill_9_finishes_the_run_exactly(cli, rtk_process, tiny_dat
     assert all(torch.equal(ref[k], v) for k, v in last["state_dict"].items())
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_progress_and_exits_130(cli, rtk_process, tiny_data, tmp_path):
     run = tmp_path / "run"
     epochs = 4
@@ -213,32 +210,24 @@ def test_ctrl_c_saves_progress_and_exits_130(cli, rtk_process, tiny_data, tmp_pa
     assert json.loads((run / "manifest.json").read_text())["status"] == "complete"
 
 
-def _fit(data, out, epochs=RESUME_EPOCHS, **kw):
-    from toolkit.train.config import TrainConfig
-    from toolkit.train.session import fit
-
-    return fit(TrainConfig(data_dir=str(data), out=str(out), arch="resnet18", weights="none",
-                           image_size=32, epochs=epochs, batch_size=4, device="cpu", **kw),
-               progress=False, echo=lambda *_: None)
-
-
 def _interrupted(fit_call):
     with pytest.raises(RtkError, match="Interrupted during epoch") as info:
         fit_call()
     assert info.value.exit_code == 130 and "--resume" in info.value.hint
 
 
+@pytest.mark.slow
 def test_mid_epoch_interrupt_resumes_exactly(tiny_data, tmp_path, uninterrupted, monkeypatch):
     """Ctrl-C after batch 2 of epoch 2: the resumed run skips exactly the batches done."""
     from toolkit.train import session
 
     real = interrupt_training(monkeypatch, epoch=2, step=2)
-    _interrupted(lambda: _fit(tiny_data, tmp_path / "run"))
+    _interrupted(lambda: fit_tiny(tiny_data, tmp_path / "run", epochs=RESUME_EPOCHS))
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert (saved["epoch"], saved["step"]) == (1, 2)
 
     monkeypatch.setattr(session, "train_one_epoch", real)
-    _fit(tiny_data, tmp_path / "run", resume=True)
+    fit_tiny(tiny_data, tmp_path / "run", epochs=RESUME_EPOCHS, resume=True)
     ref = torch.load(uninterrupted / "last.pt", weights_only=True)["state_dict"]
     got = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(ref[k], v) for k, v in got.items())
@@ -249,6 +238,7 @@ def test_mid_epoch_interrupt_resumes_exactly(tiny_data, tmp_path, uninterrupted,
             assert float(have[key]) == pytest.approx(float(want[key]), abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_interrupt_during_evaluation_does_not_duplicate_history(tiny_data, tmp_path, monkeypatch):
     from toolkit.train import session
 
@@ -260,11 +250,11 @@ def test_interrupt_during_evaluation_does_not_duplicate_history(tiny_data, tmp_p
         real(bundle, history, evaluation)
 
     monkeypatch.setattr(session, "write_bundle_files", interrupt_second_evaluation)
-    _interrupted(lambda: _fit(tiny_data, tmp_path / "run", epochs=2))
+    _interrupted(lambda: fit_tiny(tiny_data, tmp_path / "run", epochs=2))
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert saved["epoch"] == 1 and saved["step"] > 0  # epoch 2 trained, not yet evaluated
     monkeypatch.setattr(session, "write_bundle_files", real)
-    bundle = _fit(tiny_data, tmp_path / "run", resume=True)
+    bundle = fit_tiny(tiny_data, tmp_path / "run", epochs=RESUME_EPOCHS, resume=True)
     assert _history_epochs(tmp_path / "run") == [1, 2]
     assert bundle.manifest.status == "complete"
     second = _history(tmp_path / "run")[1]  # trained before the interrupt, evaluated after

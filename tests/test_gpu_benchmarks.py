@@ -81,6 +81,7 @@ def _run(tree: Path, cwd: Path, **env) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_gpu_run_writes_a_relative_out_where_it_was_called_with_the_stamped_commit(tmp_path):
     tree = _tree_without_git(tmp_path)
     (tree / "benchmarks" / "GIT_COMMIT").write_text("abc123\n")

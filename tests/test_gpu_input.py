@@ -291,6 +291,7 @@ def test_finetune_on_the_gpu_path_is_seeded(cli, tiny_data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_gpu_path_resumes_mid_epoch_exactly(tiny_data, tmp_path, monkeypatch):
     """Order (EpochShuffle) and augmentation (seeded per batch) survive a Ctrl-C mid-epoch."""
     from toolkit.train import session
@@ -374,10 +375,9 @@ def _triton_gpu_decoder(monkeypatch, log):
     import importlib.util
     from pathlib import Path
 
-    import toolkit
-    import toolkit.data.images
+    import toolkit.triton
 
-    path = Path(toolkit.__file__).parent / "triton" / "models" / "gpu_decode.py"
+    path = Path(toolkit.triton.__file__).parent / "models" / "gpu_decode.py"
     spec = importlib.util.spec_from_file_location("rtk_gpu_decode", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

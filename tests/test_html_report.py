@@ -210,10 +210,6 @@ def assert_tune_shown(tree, tune: dict) -> None:
 def test_tune_refreshes_the_report_with_its_search(benched, tmp_path, cli):
     """A real (short) `rtk tune` on the local Triton server; its page shows the search."""
     pytest.importorskip("tritonclient.grpc")
-    from test_triton_serve import _tritonserver_missing
-
-    if _tritonserver_missing():
-        pytest.skip(f"Triton server missing: {_tritonserver_missing()}")
     root = Path(shutil.copytree(benched[0], tmp_path / "tiny"))
     result = cli("tune", root, "--p99-ms", "2000", "--budget-minutes", "0.3", "--seconds", "1",
                  "--concurrency", "1,2", "--out", tmp_path / "tune", "--repo", tmp_path / "repo")

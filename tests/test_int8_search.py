@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_user_error
+from conftest import assert_user_error, fit_tiny
 
 pytest.importorskip("onnxruntime")
 
@@ -26,13 +26,9 @@ def int8_hostile(tiny_data, tmp_path_factory) -> Path:
     import torch
 
     from toolkit.core.bundle import Bundle
-    from toolkit.train.config import TrainConfig
-    from toolkit.train.session import fit
 
     base = tmp_path_factory.mktemp("int8")
-    fit(TrainConfig(data_dir=str(tiny_data), out=str(base / "run"), arch="resnet18",
-                    weights="none", image_size=32, epochs=10, batch_size=4, lr=5e-4,
-                    augment="none", device="cpu", seed=0), progress=False, echo=lambda *_: None)
+    fit_tiny(tiny_data, base / "run", epochs=10, lr=5e-4, augment="none")
     ckpt = torch.load(base / "run" / "model.pt", weights_only=True)
     sd = ckpt["state_dict"]
     big = torch.arange(0, sd["fc.weight"].shape[1], 4)
@@ -47,6 +43,7 @@ def int8_hostile(tiny_data, tmp_path_factory) -> Path:
 ARGS = ["--int8", "--calib-size", "16", "--max-batch", "8", "--format", "onnx"]
 
 
+@pytest.mark.slow
 def test_single_shot_int8_fails_its_gate_with_search_off(int8_hostile, tmp_path, cli):
     root = shutil.copytree(int8_hostile, tmp_path / "run")
     result = cli("export", root, *ARGS, "--int8-search", "off")
@@ -59,6 +56,7 @@ def test_single_shot_int8_fails_its_gate_with_search_off(int8_hostile, tmp_path,
     assert "drop --int8-search off" in result.output
 
 
+@pytest.mark.slow
 def test_search_keeps_the_fewest_sensitive_nodes_in_float_and_passes(int8_hostile, tmp_path, cli):
     root = shutil.copytree(int8_hostile, tmp_path / "run")
     result = cli("export", root, *ARGS, "--int8-budget", "10")
@@ -93,6 +91,7 @@ def test_search_keeps_the_fewest_sensitive_nodes_in_float_and_passes(int8_hostil
     assert entry["parity"]["rule"] == "delta<=1, agree>=0.95"
 
 
+@pytest.mark.slow
 def test_when_nothing_passes_it_exits_3_naming_the_best_try_and_the_next_flag(int8_hostile,
                                                                               tmp_path, cli):
     root = shutil.copytree(int8_hostile, tmp_path / "run")

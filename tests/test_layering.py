@@ -118,6 +118,7 @@ def test_errors_module_uses_only_the_stdlib():
     assert all(name in sys.stdlib_module_names or name == "__future__" for name in imports), imports
 
 
+@pytest.mark.slow
 def test_importing_the_cli_loads_no_heavy_library():
     """`rtk --help` stays fast: torch and the optional runtimes load only when a command runs."""
     heavy = sorted(HEAVY_OPTIONAL | {"torch", "torchvision", "matplotlib"})

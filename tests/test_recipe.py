@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN, assert_user_error, write_class_images
+from conftest import TINY_TRAIN, assert_user_error, fit_tiny, write_class_images
 
 from toolkit.train import recipe
 from toolkit.train.loop import Runtime, StepOptions, optimizer_steps, train_one_epoch, warmup_cosine
@@ -162,16 +162,6 @@ def test_cpu_batch_size_is_picked_by_memory():
 
 # -- whole runs ---------------------------------------------------------------------------
 
-def _fit(data, out, **kw):
-    from toolkit.train.config import TrainConfig
-    from toolkit.train.session import fit
-
-    options = dict(arch="resnet18", weights="none", image_size=32, epochs=1, batch_size=4,
-                   device="cpu", seed=0)
-    return fit(TrainConfig(data_dir=str(data), out=str(out), **{**options, **kw}),
-               progress=False, echo=lambda *_: None)
-
-
 def _load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -197,9 +187,10 @@ def _scripted_accuracy(monkeypatch, raw, ema=None):
     monkeypatch.setattr(session.TrainingSession, "_validate", scripted)
 
 
+@pytest.mark.slow
 def test_ema_weights_are_saved_when_they_validate_better(tiny_data, tmp_path, monkeypatch):
     _scripted_accuracy(monkeypatch, raw=[0.4, 0.5], ema=[0.6, 0.3])
-    _fit(tiny_data, tmp_path / "run", epochs=2, balance="none")
+    fit_tiny(tiny_data, tmp_path / "run", epochs=2, balance="none")
     best, last = _load(tmp_path / "run" / "model.pt"), _load(tmp_path / "run" / "last.pt")
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert best["weights"] == "ema" and best["epoch"] == 1  # epoch 1's EMA (0.6) beat all
@@ -210,11 +201,12 @@ def test_ema_weights_are_saved_when_they_validate_better(tiny_data, tmp_path, mo
     assert [r["weights"] for r in rows] == ["ema", "raw"]
 
 
+@pytest.mark.slow
 def test_early_stopping_keeps_the_best_epoch_and_resume_respects_it(cli, tiny_data, tmp_path,
                                                                      monkeypatch):
     _scripted_accuracy(monkeypatch, raw=[0.5, 0.9, 0.4, 0.3, 0.2])
     run = tmp_path / "run"
-    _fit(tiny_data, run, epochs=5, patience=1, ema=False, balance="none")
+    fit_tiny(tiny_data, run, epochs=5, patience=1, ema=False, balance="none")
     manifest = json.loads((run / "manifest.json").read_text())
     best, last = _load(run / "model.pt"), _load(run / "last.pt")
     assert best["epoch"] == 2 and manifest["metrics"]["best_epoch"] == 2

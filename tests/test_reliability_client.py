@@ -162,7 +162,7 @@ def test_client_error_messages_say_what_happened():
 
 def test_queue_policy_defaults_and_flags(tmp_path):
     pytest.importorskip("tritonclient.grpc.model_config_pb2")
-    from test_triton_repo import fake_bundle
+    from conftest import fake_bundle
 
     from toolkit.triton import RepoOptions
     from toolkit.triton.repository import build_configs
@@ -186,7 +186,7 @@ def test_queue_policy_defaults_and_flags(tmp_path):
 def test_queue_flags_on_the_cli(tmp_path, cli):
     pytest.importorskip("tritonclient.grpc.model_config_pb2")
     from conftest import assert_user_error
-    from test_triton_repo import fake_bundle
+    from conftest import fake_bundle
 
     bundle = fake_bundle(tmp_path / "run")
     result = cli("triton", bundle.root, "--repo", tmp_path / "repo", "--platform", "python",
@@ -202,7 +202,7 @@ def test_queue_flags_on_the_cli(tmp_path, cli):
 def test_triton_writing_into_a_locked_run_is_refused(tmp_path, cli):
     pytest.importorskip("tritonclient.grpc.model_config_pb2")
     from conftest import assert_user_error
-    from test_triton_repo import fake_bundle
+    from conftest import fake_bundle
 
     from toolkit.core.lock import bundle_lock
 
@@ -234,7 +234,7 @@ def test_serve_command_line_loads_the_named_models_or_all():
 def test_serve_refuses_a_model_the_repository_lacks(tmp_path, cli):
     pytest.importorskip("tritonclient.grpc.model_config_pb2")
     from conftest import assert_user_error
-    from test_triton_repo import fake_bundle
+    from conftest import fake_bundle
 
     from toolkit.triton.server import TritonServer
 

@@ -7,7 +7,6 @@ Regenerate the golden files with RTK_UPDATE_GOLDEN=1 after an intended change.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -17,45 +16,14 @@ import pytest
 
 pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
+from conftest import FAKE_CLASSES, FAKE_IO, FAKE_PLAN, FAKE_PRE, fake_bundle  # noqa: E402
+
 from toolkit.core.bundle import Bundle  # noqa: E402
 from toolkit.core.errors import RtkError  # noqa: E402
 from toolkit.triton import RepoOptions, verify_repository, write_repository  # noqa: E402
 from toolkit.triton import configs, repository  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden"
-CLASSES = ["cat", "dog", "fox"]
-PRE = {"resize": 37, "crop": 32, "interpolation": "bilinear", "mean": [0.485, 0.456, 0.406],
-       "std": [0.229, 0.224, 0.225], "source": "IMAGENET1K_V1"}
-IO = {"inputs": [{"name": "input", "dtype": "uint8", "shape": [-1, 32, 32, 3]}],
-      "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, 3]}], "opset": 18}
-PLAN = {"tensorrt_version": "10.9.0.34", "gpu": "NVIDIA H100 80GB HBM3",
-        "compute_capability": "9.0", "strongly_typed": True,
-        "profile": {"input": "input", "min": 1, "opt": 16, "max": 32}}
-
-
-def fake_bundle(root: Path) -> Bundle:
-    """A run directory whose artifacts are fixed bytes with a consistent manifest."""
-    root.mkdir(parents=True)
-    files = {"model.pt": b"pt", "model.onnx": b"onnx-fp32", "model.fp16.onnx": b"onnx-fp16",
-             "model.fp16.plan": b"plan"}
-    sha = {}
-    for name, data in files.items():
-        (root / name).write_bytes(data)
-        sha[name] = hashlib.sha256(data).hexdigest()
-    artifacts = {
-        "model.pt": {"sha256": sha["model.pt"], "parent": None},
-        "model.onnx": {"sha256": sha["model.onnx"], "parent": "model.pt",
-                       "parent_sha256": sha["model.pt"], "io": IO, "max_batch": 64,
-                       "trusted": True},
-        "model.fp16.onnx": {"sha256": sha["model.fp16.onnx"], "parent": "model.onnx",
-                            "parent_sha256": sha["model.onnx"], "io": IO, "trusted": True},
-        "model.fp16.plan": {"sha256": sha["model.fp16.plan"], "parent": "model.fp16.onnx",
-                            "parent_sha256": sha["model.fp16.onnx"], "trusted": True, **PLAN},
-    }
-    bundle = Bundle.create(root, arch="resnet18", classes=CLASSES, num_classes=3,
-                           preprocessing=PRE, artifacts=artifacts)
-    bundle.save()
-    return bundle
 
 
 @pytest.fixture
@@ -75,7 +43,7 @@ def test_python_platform_layout(bundle, tmp_path):
     assert verify_repository(repo) == ["pets", "pets_classifier", "pets_postprocess", "pets_preprocess"]
     files = tree(repo)
     assert files["pets_classifier/1/model.onnx"] == b"onnx-fp32"
-    assert files["pets_classifier/labels.txt"].decode().splitlines() == CLASSES
+    assert files["pets_classifier/labels.txt"].decode().splitlines() == FAKE_CLASSES
     assert files["pets/labels.txt"] == files["pets_classifier/labels.txt"]
     imageio = (Path(repository.__file__).parent.parent / "data" / "images.py").read_bytes()
     assert files["pets_preprocess/1/imageio.py"] == imageio  # the very same transform code
@@ -90,7 +58,7 @@ def test_python_platform_layout(bundle, tmp_path):
     assert classifier.parameters["rtk.artifact_sha256"].string_value == \
         bundle.entry("model.onnx").sha256
     pre = configs.parse(files["pets_preprocess/config.pbtxt"].decode())
-    assert json.loads(pre.parameters["preprocessing"].string_value) == PRE
+    assert json.loads(pre.parameters["preprocessing"].string_value) == FAKE_PRE
     assert [s.model_name for s in configs.parse(files["pets/config.pbtxt"].decode())
             .ensemble_scheduling.step] == ["pets_preprocess", "pets_classifier", "pets_postprocess"]
 
@@ -163,7 +131,7 @@ def test_tensorrt_plan_target_defaults_to_this_machine(bundle, tmp_path):
     from toolkit.triton.targets import local_target
 
     here = local_target()
-    if here == {"tensorrt_version": PLAN["tensorrt_version"], "compute_capability": "9.0"}:
+    if here == {"tensorrt_version": FAKE_PLAN["tensorrt_version"], "compute_capability": "9.0"}:
         pytest.skip("this machine is the plan's exact target")
     with pytest.raises(RtkError, match="does not fit the target") as info:
         write_repository(bundle, RepoOptions(repo=str(tmp_path / "repo"), platform="tensorrt",
@@ -245,6 +213,7 @@ def test_cli_triton(bundle, tmp_path, cli):
     assert bad.exit_code != 0 and "Error: Invalid model name" in bad.output and "Hint:" in bad.output
 
 
+@pytest.mark.slow
 def test_committed_model_repository_parses_and_holds_no_weights():
     """The top-level model_repository/ (configs and labels of the sample model) stays valid."""
     from google.protobuf import text_format
@@ -270,7 +239,7 @@ def test_committed_model_repository_parses_and_holds_no_weights():
 
 def _with_int8(bundle: Bundle, trusted: bool) -> Bundle:
     (bundle.root / "model.int8.onnx").write_bytes(b"onnx-int8")
-    bundle.record_artifact("model.int8.onnx", parent="model.onnx", io=IO, trusted=trusted,
+    bundle.record_artifact("model.int8.onnx", parent="model.onnx", io=FAKE_IO, trusted=trusted,
                            gate="passed" if trusted else "failed")
     return bundle
 

@@ -9,11 +9,9 @@ import pytest
 
 pytest.importorskip("tritonclient.grpc")
 
-from test_triton_serve import _tritonserver_missing  # noqa: E402
 
-pytestmark = [pytest.mark.triton, pytest.mark.slow,
-              pytest.mark.skipif(bool(_tritonserver_missing()),
-                                 reason=f"Triton server missing: {_tritonserver_missing()}")]
+# conftest skips these, with the reason, where no Triton server can start (under CI: fails)
+pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 CANDIDATE_FIELDS = {"artifact", "max_batch", "instances", "queue_delay_us", "concurrency",
                     "throughput", "p50_ms", "p99_ms", "status"}

@@ -9,7 +9,7 @@ import numpy as np
 
 from .core.bundle import Bundle
 from .core.errors import RtkError
-from .core.metrics import classification
+from .core.metrics import classification, softmax
 from .backends.run import folder_samples, run_backend, validation_samples
 
 
@@ -43,8 +43,7 @@ def predict(bundle: Bundle, images: Sequence[str | Path], backend_name: str = "t
         except (OSError, ValueError) as exc:
             raise RtkError(f"Could not read an image: {exc}.",
                            "Check the file is a valid image.") from exc
-    z = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    probs = softmax(logits)
     results = []
     for path, p in zip(images, probs):
         order = np.argsort(-p)[:k]

@@ -204,11 +204,12 @@ def _result(folder: str, kind: str, sources: list[dict]) -> dict | None:
         result["roles"] = _server_roles(result["served"])
         result["gpu_over_cpu"] = _gpu_over_cpu(result["headlines"])
     else:
-        from .tune.report import _same, pareto
+        from .tune.report import same_point, pareto
 
         result["front"] = pareto(result["candidates"])
         for p in result["candidates"]:
-            p["is_default"], p["is_chosen"] = _same(p, result.get("default")), _same(p, result.get("chosen"))
+            p["is_default"] = same_point(p, result.get("default"))
+            p["is_chosen"] = same_point(p, result.get("chosen"))
     return result
 
 

@@ -41,12 +41,7 @@ def row(backend: str, device: str, batch_size: int | None, status: str, **values
 
 def sample_paths(bundle: Bundle, n: int) -> list:
     """Up to `n` held-out images, taken round-robin over the classes (the split is class-ordered)."""
-    from itertools import chain, zip_longest
-
     from ..backends.run import validation_samples
+    from ..data.loaders import round_robin
 
-    by_class: dict[int, list] = {}
-    for path, label in validation_samples(bundle):
-        by_class.setdefault(label, []).append(path)
-    mixed = chain.from_iterable(zip_longest(*by_class.values()))
-    return [p for p in mixed if p is not None][:n]
+    return [p for p, _ in round_robin(validation_samples(bundle))][:n]

@@ -93,9 +93,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def plot_throughput(results: list[dict], path: Path) -> None:
-    from ..ui.plots import _pyplot, _save
+    from ..ui.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     series: dict[str, list] = {}
     for r in results:
@@ -113,13 +113,13 @@ def plot_throughput(results: list[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     if series:
         ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_triton(results: list[dict], path: Path) -> None:
-    from ..ui.plots import _pyplot, _save
+    from ..ui.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
     for proto in ("http", "grpc"):
         pts = sorted((r["throughput"], r["p99_ms"], r["concurrency"]) for r in results
@@ -131,7 +131,7 @@ def plot_triton(results: list[dict], path: Path) -> None:
     ax.set(xlabel="images/s", ylabel="p99 latency (ms)", title="Triton: latency vs throughput")
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write(result: dict[str, Any], out: str | Path) -> list[Path]:

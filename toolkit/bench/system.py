@@ -7,7 +7,7 @@ import platform
 import subprocess
 import time
 
-from ..core.host import usable_cores
+from ..core import host
 
 
 def cpu_model() -> str:
@@ -29,33 +29,30 @@ def _version(dist: str) -> str | None:
 
 
 def gpu() -> dict:
-    import torch
-
-    if not torch.cuda.is_available():
+    """GPU 0 (the host probe) plus the driver version nvidia-smi reports."""
+    found = host.gpu()
+    if found is None:
         return {"gpu": None}
-    props = torch.cuda.get_device_properties(0)
     driver = None
     try:
         driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                                 capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1),
-            "compute_capability": f"{props.major}.{props.minor}", "driver": driver,
-            "cuda": torch.version.cuda}
+    return {"gpu": found["gpu"], "gpu_memory_gib": round(found["memory_gib"], 1),
+            "compute_capability": found["compute_capability"], "driver": driver,
+            "cuda": found["cuda"]}
 
 
 def environment() -> dict:
     """Everything needed to judge and reproduce a benchmark run."""
-    from ..core.bundle import _git_commit
-
-    cores = usable_cores()
+    cores = host.usable_cores()
     libs = ["torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt",
             "tritonclient", "numpy", "rtk"]
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": cpu_model(), "cpu_cores": cores,
             "platform": platform.platform(), "python": platform.python_version(), **gpu(),
             "versions": {name: v for name in libs if (v := _version(name))},
-            "git_commit": _git_commit()}
+            "git_commit": host.git_commit()}
 
 
 def _status_mb(pid: int | str, field: str) -> float | None:

@@ -7,7 +7,7 @@ import json
 import click
 
 
-def _ints(text: str) -> list[int]:
+def int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -56,11 +56,11 @@ def _bench(run_dir, backends, batch_sizes, device, duration, triton_url, triton_
         raise RtkError(f"Unknown backend(s): {', '.join(unknown)}.", f"Choose from {', '.join(BACKENDS)}.")
     if names and "triton" in names and not triton_url:
         raise RtkError("The triton backend needs --triton-url.", "Start one with: rtk serve")
-    opts = BenchOptions(backends=names, batch_sizes=_ints(batch_sizes),
+    opts = BenchOptions(backends=names, batch_sizes=int_list(batch_sizes),
                         devices=["cpu", "cuda"] if device == "all" else [device],
                         timing=Timing(duration=duration, warmup=min(2.0, duration / 5)),
                         triton_url=triton_url, triton_grpc_url=triton_grpc_url,
-                        triton_concurrency=_ints(concurrency),
+                        triton_concurrency=int_list(concurrency),
                         soak_seconds=soak)
 
     def echo(message: str) -> None:

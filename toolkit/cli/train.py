@@ -68,7 +68,8 @@ def _range_help(name: str, text: str) -> str:
 @click.option("--epochs", type=int, help=_range_help("epochs", "Passes over the data."))
 @click.option("--lr", type=float, help=_range_help("lr", "Peak learning rate (AdamW)."))
 @click.option("--eval-steps", type=int, default=1, help=_range_help("eval_steps",
-              "Evaluate every N epochs (the last epoch always)."))
+              "Evaluate every N epochs, not optimizer steps (the card's name; the last "
+              "epoch always)."))
 @click.option("--preset", type=click.Choice(["auto", "none"]), default="none", show_default=True,
               help="auto: the card's settings for this data set size (explicit flags win).")
 @click.option("--augment", type=click.Choice(AUGMENT_LEVELS), help="Default: by data set size.")

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .bench import _ints
+from .bench import int_list
 from .triton import BACKEND_ENV_HELP
 
 
@@ -36,7 +36,7 @@ def tune(run_dir, p99_ms, kind, platform, budget_minutes, concurrency, seconds, 
     from .common import handled
 
     handled(_tune)(run_dir, as_json, p99_ms=p99_ms, kind=kind, platform=platform,
-                   budget_minutes=budget_minutes, concurrency=_ints(concurrency), seconds=seconds,
+                   budget_minutes=budget_minutes, concurrency=int_list(concurrency), seconds=seconds,
                    out=out, repo=repo, name=name, backend_env=backend_env)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import sys
 import time
 import dataclasses
@@ -16,6 +15,7 @@ from .. import __version__
 from .errors import RtkError
 from .files import sha256, write_json, write_text
 from .manifest import SCHEMA_VERSION, Artifact, Manifest, Preprocess, Record
+from .host import git_commit
 
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
@@ -188,14 +188,6 @@ def provenance(argv: list[str] | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "versions": {"rtk": __version__, "torch": torch.__version__,
                      "torchvision": torchvision.__version__},
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
 
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None

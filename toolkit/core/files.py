@@ -1,4 +1,4 @@
-"""Atomic writes and hashing: a crash never leaves a half-written file behind."""
+"""Atomic writes, folder swaps and hashing: a crash never leaves a half-written file behind."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,6 +28,46 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def swapped_dir(path: str | os.PathLike, names: list[str] | None = None) -> Iterator[Path]:
+    """Yield a new folder beside `path`; swap it in only if the block succeeds.
+
+    names None: the whole folder is replaced (no file of an older layout lingers); else only
+    those entries of `path` are, and the rest of `path` stays (other models in a repository).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.rtk-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; the result must be readable
+    try:
+        yield tmp
+        _swap(tmp, path, names)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap(tmp: Path, path: Path, names: list[str] | None) -> None:
+    """Move the new entries in; replaced ones go to a trash folder, then away."""
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    moves = [(tmp, path, trash / path.name)] if names is None else \
+        [(tmp / name, path / name, trash / name) for name in names]
+    try:
+        for new, old, parked in moves:
+            if old.exists():
+                os.replace(old, parked)
+            try:
+                os.replace(new, old)
+            except OSError:
+                if parked.exists():  # put the old entry back before giving up
+                    os.replace(parked, old)
+                raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def umask() -> int:

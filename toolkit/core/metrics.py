@@ -39,6 +39,7 @@ TIE_MARGIN = 0.05  # reference top-1 minus top-2 softmax probability below which
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax over the class axis (float64)."""
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)

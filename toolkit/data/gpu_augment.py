@@ -92,8 +92,8 @@ def trivial_augment(x, generator):
         return (a * f + b * (1 - f)).clamp_(0, 255)
 
     x = blend(x, torch.zeros_like(x), 1 + v("brightness"))
-    x = blend(x, _gray(x), 1 + v("color"))
-    x = blend(x, _gray(x).mean((2, 3), keepdim=True), 1 + v("contrast"))
+    x = blend(x, gray(x), 1 + v("color"))
+    x = blend(x, gray(x).mean((2, 3), keepdim=True), 1 + v("contrast"))
     kernel = torch.ones(3, 1, 3, 3, dtype=x.dtype, device=x.device)
     kernel[:, :, 1, 1] = 5
     smooth = nnf.conv2d(nnf.pad(x, (1, 1, 1, 1), mode="replicate"), kernel / 13, groups=3)
@@ -134,6 +134,6 @@ def random_erasing(x, p: float, generator, scale=(0.02, 0.33), ratio=(0.3, 3.3))
     return x.masked_fill_(mask[:, None].to(x.device), 0.0)  # in place: keeps channels_last
 
 
-def _gray(x):
+def gray(x):
     """torchvision's rgb_to_grayscale weights, one channel kept."""
     return x[:, 0:1] * 0.2989 + x[:, 1:2] * 0.587 + x[:, 2:3] * 0.114

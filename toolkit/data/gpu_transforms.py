@@ -18,7 +18,7 @@ from .gpu_augment import random_erasing, trivial_augment
 from ..core.errors import RtkError
 from ..core.manifest import Preprocess
 from .transforms import AUGMENT
-from .gpu_augment import _gray
+from .gpu_augment import gray
 
 _BITS = 22  # Pillow's PRECISION_BITS for 8-bit images (Resample.c: 32 - 8 - 2)
 
@@ -223,9 +223,9 @@ def color_jitter(x, factors, order, hue=None):
         if op == 0:
             x = blend(x, torch.zeros_like(x), factors[:, 0])
         elif op == 1:
-            x = blend(x, _gray(x).mean((2, 3), keepdim=True), factors[:, 1])
+            x = blend(x, gray(x).mean((2, 3), keepdim=True), factors[:, 1])
         elif op == 2:
-            x = blend(x, _gray(x), factors[:, 2])
+            x = blend(x, gray(x), factors[:, 2])
         elif hue is not None:
             x = torch.einsum("nij,njhw->nihw", hue, x).clamp_(0, 255)
     return x

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from itertools import chain, zip_longest
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -45,6 +46,20 @@ def stratified_split(samples: Sequence[tuple[Path, int]], fraction: float, seed:
         val += items[:n_val]
         train += items[n_val:]
     return train, val
+
+
+def round_robin(samples: Sequence[tuple], seed: int | None = None) -> list[tuple]:
+    """(item, label) samples interleaved class by class, so any prefix is balanced; with a
+    seed each class is shuffled first (classes in label order, like `stratified_split`)."""
+    by_class: dict[int, list] = defaultdict(list)
+    for sample in samples:
+        by_class[sample[1]].append(sample)
+    rng = random.Random(seed)
+    groups = [by_class[label] for label in sorted(by_class)]
+    if seed is not None:
+        for group in groups:
+            rng.shuffle(group)
+    return [s for s in chain.from_iterable(zip_longest(*groups)) if s is not None]
 
 
 def check_usable(scan: Scan) -> None:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from .. import __version__
 from ..core.errors import RtkError
-from ..core.files import umask, write_text
+from ..core.files import swapped_dir, write_text
 from . import kserve, monitoring, serving, storage, training
 from .options import DEFAULT_IMAGE, NGC_RELEASE, DeployOptions, Plan, resolve
 
@@ -131,17 +128,11 @@ def write_deployment(opts: DeployOptions, echo: Callable = print) -> dict[str, A
              "replicas": plan.replicas, "max_replicas": plan.max_replicas, "nodes": plan.nodes,
              "nproc_per_node": plan.nproc_per_node, "train_image": plan.train_image,
              "shared_pvc": plan.shared_pvc, "files": sorted([*tree, "README.md"])}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.rtk-", dir=out.parent))
-    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700
-    try:
+    with swapped_dir(out) as tmp:  # the previous output is replaced whole
         for path, content in tree.items():
             write_text(tmp / path, render(path, content, plan))
         write_text(tmp / "README.md", readme(plan, opts.source))
         write_text(tmp / MARKER, json.dumps(facts, indent=2) + "\n")
-        _swap(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     echo(f"Wrote {len(facts['files'])} files to {out}")
     return {**facts, "out": str(out), "warnings": warnings(plan, opts)}
 
@@ -174,18 +165,3 @@ def _check_out(out: Path) -> None:
         raise RtkError(f"{out} is not empty and was not written by `rtk deploy`.",
                        "Pass a new or empty --out folder; rtk deploy replaces only its own output.")
 
-
-def _swap(tmp: Path, out: Path) -> None:
-    """Replace the previous output whole, so no file of an older layout lingers."""
-    if out.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, trash / out.name)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            os.replace(trash / out.name, out)  # put the old output back before giving up
-            raise
-        finally:
-            shutil.rmtree(trash, ignore_errors=True)
-        return
-    os.replace(tmp, out)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import random
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
-from itertools import chain, zip_longest
 from pathlib import Path
 from typing import Callable
 
@@ -54,16 +52,10 @@ def plan_split(total: int, calib_size: int) -> Split:
 def stratified_order(bundle: Bundle, seed: int = 0) -> list[tuple[Path, int]]:
     """(path, label) of the training images interleaved class by class (each class shuffled):
     any prefix is balanced."""
-    by_class: dict[int, list[str]] = {}
-    for rel, label in bundle.split()["train"]:
-        by_class.setdefault(label, []).append(rel)
-    rng = random.Random(seed)
-    for rels in by_class.values():
-        rng.shuffle(rels)
+    from ..data.loaders import round_robin
+
     root = Path(bundle.manifest.data.train_dir)
-    mixed = chain.from_iterable(zip_longest(*([(root / rel, k) for rel in by_class[k]]
-                                               for k in sorted(by_class))))
-    return [item for item in mixed if item is not None]
+    return [(root / rel, k) for rel, k in round_robin(bundle.split()["train"], seed)]
 
 
 def _load(samples: list[tuple[Path, int]], pre: Preprocess) -> np.ndarray:
@@ -74,11 +66,11 @@ def _load(samples: list[tuple[Path, int]], pre: Preprocess) -> np.ndarray:
 
 def _probe(bundle: Bundle, order: list[tuple[Path, int]], split: Split) -> Probe:
     """The probe's training images, their labels and the FP32 graph's logits on them."""
-    from .int8_search import _run
+    from .int8_search import run_graph
 
     samples = order[split.calib + split.grow:][:split.probe]
     images = _load(samples, bundle.preprocessing)
-    reference = _run(bundle.path("model.onnx"), bundle.manifest.input.name, images)
+    reference = run_graph(bundle.path("model.onnx"), bundle.manifest.input.name, images)
     return Probe(images, np.array([y for _, y in samples]), reference)
 
 

@@ -16,7 +16,7 @@ import inspect
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -87,7 +87,7 @@ class Search:
         return trial["passed"] and trial.get("held_out", {}).get("passed", True)
 
     def _judge(self, cfg: Int8Config, path: Path, info: dict, start: float) -> dict:
-        logits = _run(path, self.input_name, self.probe.images)
+        logits = run_graph(path, self.input_name, self.probe.images)
         row = judge(parity(self.probe.reference, logits, self.probe.labels), "int8",
                     stricter(self.tolerances))
         trial = {"cfg": cfg, "config": {**asdict(cfg), "exclude": list(cfg.exclude)},
@@ -221,7 +221,7 @@ def sensitive_groups(qdq_path: Path, float_path: Path, input_name: str,
     tapped = qdq_path.with_suffix(".tapped.onnx")
     onnx.save(model, str(tapped))
     try:
-        values = dict(zip(names, _run(tapped, input_name, images, names)))
+        values = dict(zip(names, run_graph(tapped, input_name, images, names)))
     finally:
         tapped.unlink()
     groups = []
@@ -256,7 +256,7 @@ def _session(path: Path):
                                 providers=["CPUExecutionProvider"])
 
 
-def _run(path: Path, input_name: str, images: np.ndarray, outputs=None, batch: int = 32):
+def run_graph(path: Path, input_name: str, images: np.ndarray, outputs=None, batch: int = 32):
     """Outputs of an ONNX graph on uint8 images, batched (first output unless named)."""
     session = _session(path)
     chunks = [session.run(outputs, {input_name: images[i:i + batch]})
@@ -288,7 +288,3 @@ def _has_cache_option() -> bool:
     q = require("onnxruntime.quantization", "onnx")
     return "calibration_cache_path" in inspect.signature(q.quantize_static).parameters
 
-
-def batches_of(images: np.ndarray, batch: int = 16) -> Iterator[np.ndarray]:
-    for i in range(0, len(images), batch):
-        yield images[i:i + batch]

@@ -10,20 +10,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core import host
 from ..core.errors import RtkError, require
 from ..core.files import atomic_path, write_bytes
 
 
 def gpu_info() -> dict:
-    """Name and compute capability of GPU 0 (via torch, which rtk already depends on)."""
-    import torch
-
-    if not torch.cuda.is_available():
+    """Name and compute capability of GPU 0 (the host probe, via torch)."""
+    found = host.gpu()
+    if found is None:
         raise RtkError("TensorRT engines need a CUDA GPU and none is visible.",
                        "Run `rtk export RUN_DIR --fp16 --format tensorrt` on a GPU host "
                        "with `pip install 'rtk[gpu]'`.")
-    major, minor = torch.cuda.get_device_capability(0)
-    return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+    return {"gpu": found["gpu"], "compute_capability": found["compute_capability"]}
 
 
 def build_engine(onnx_path: Path, plan_path: Path, input_name: str, hwc: tuple[int, int, int],

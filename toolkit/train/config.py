@@ -21,7 +21,7 @@ class TrainConfig:
     batch_size: int | str | None = None  # "auto": a probe picks it (toolkit.train.recipe)
     epochs: int | None = None
     lr: float | None = None
-    eval_steps: int = 1
+    eval_steps: int = 1  # validate every N EPOCHS (not optimizer steps); the card's name
     preset: str = "none"
     augment: str | None = None
     weight_decay: float = 0.05

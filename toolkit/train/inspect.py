@@ -6,16 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from . import presets
+from ..core import host
 from ..data.scan import Scan, scan_folder
-
-
-def gpu_memory_gib() -> float | None:
-    """Memory of the first CUDA device in GiB, or None without one."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    return torch.cuda.get_device_properties(0).total_memory / 2**30
 
 
 def summarize(scan: Scan) -> dict[str, Any]:
@@ -24,6 +16,7 @@ def summarize(scan: Scan) -> dict[str, Any]:
     nonzero = [n for n in counts.values() if n]
     n = len(scan.samples)
     preset = presets.preset_for(n)
+    gpu = host.gpu()
     rel = lambda p: str(Path(p).relative_to(scan.root))  # noqa: E731
     ratio = round(max(nonzero) / min(nonzero), 2) if nonzero else None
     return {
@@ -45,7 +38,7 @@ def summarize(scan: Scan) -> dict[str, Any]:
             "batch_size": preset.batch_size, "augment": preset.augment,
             "notes": list(preset.notes),
             "recipe": recipe_advice(preset, ratio),
-            "hardware": presets.batch_for_gpu_memory(gpu_memory_gib()),
+            "hardware": presets.batch_for_gpu_memory(gpu and gpu["memory_gib"]),
         },
     }
 

@@ -11,7 +11,7 @@ RANGES: dict[str, tuple[float, float, float]] = {
     "batch_size": (4, 2, 64),
     "epochs": (1, 1, 30),
     "lr": (5e-5, 1e-5, 5e-4),
-    "eval_steps": (1, 1, 30),
+    "eval_steps": (1, 1, 30),  # counts epochs: validate every N epochs
 }
 
 AUGMENT_LEVELS = ("none", "light", "standard", "heavy")
@@ -57,10 +57,6 @@ def preset_for(n_images: int) -> Preset:
     if n_images > 50_000:
         notes = ("Over 50,000 images: a ViT may be 2-3% more accurate than ResNet-50.",)
     return Preset("resnet50", 1e-4, 3, "3-5", 32, "light", notes)
-
-
-def default_augment(n_images: int) -> str:
-    return preset_for(n_images).augment
 
 
 def batch_for_gpu_memory(gib: float | None) -> str:

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 import re
 import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ..core.bundle import Bundle
 from ..core.errors import RtkError
+from ..core.files import swapped_dir
 from ..core.manifest import Artifact
-from ..core.files import umask
 from . import configs
 from .configs import Serving, Tensor
 
@@ -201,16 +198,11 @@ def write_repository(bundle: Bundle, opts: RepoOptions, echo: Callable = print) 
     repo = Path(opts.repo)
     if repo.exists() and not repo.is_dir():
         raise RtkError(f"{repo} exists and is not a folder.", "Pass another --repo.")
-    repo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}.rtk-", dir=repo.parent))
-    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; a served repository must be readable
-    try:
+    # only rtk's model folders are replaced: other models in the repository stay
+    with swapped_dir(repo, [c.name for c in made.values()]) as tmp:
         for role, config in made.items():
             _write_model(tmp / config.name, role, config, bundle, facts["artifact"])
         verify_repository(tmp)
-        _swap(tmp, repo, [c.name for c in made.values()])
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     echo(f"Wrote {len(made)} models to {repo}: " + ", ".join(c.name for c in made.values()))
     return {"repo": str(repo), "platform": opts.platform, "kind": opts.kind, **facts}
 
@@ -268,23 +260,3 @@ def verify_repository(repo: str | Path) -> list[str]:
                        "Generate one with: rtk triton RUN_DIR --repo REPO")
     return found
 
-
-def _swap(tmp: Path, repo: Path, names: list[str]) -> None:
-    """Move the new model folders in; replaced ones go to a trash folder, then away."""
-    if not repo.exists():
-        os.replace(tmp, repo)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{repo.name}.old-", dir=repo.parent))
-    try:
-        for name in names:
-            if (repo / name).exists():
-                os.replace(repo / name, trash / name)
-            try:
-                os.replace(tmp / name, repo / name)
-            except OSError:
-                if (trash / name).exists():  # put the old model back before giving up
-                    os.replace(trash / name, repo / name)
-                raise
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(trash)

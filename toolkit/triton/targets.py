@@ -7,23 +7,10 @@ from ..core.manifest import Artifact
 
 def local_target() -> dict[str, str | None]:
     """TensorRT version and GPU compute capability of this machine (None where absent)."""
-    from importlib import metadata
+    from ..core import host
 
-    version = None
-    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13"):
-        try:
-            version = metadata.version(dist)
-            break
-        except metadata.PackageNotFoundError:
-            continue
-    capability = None
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            capability = "{}.{}".format(*torch.cuda.get_device_capability(0))
-    except ImportError:
-        pass
+    gpu = host.gpu()
+    version, capability = host.tensorrt_version(), gpu and gpu["compute_capability"]
     return {"tensorrt_version": version, "compute_capability": capability}
 
 

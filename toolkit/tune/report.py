@@ -36,8 +36,8 @@ def markdown(result: dict[str, Any]) -> str:
               "| p99 ms | within budget | status |", "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     fmt = lambda v, p=1: "" if v is None else f"{v:.{p}f}"  # noqa: E731
     for p in result["candidates"]:
-        mark = " (default)" if _same(p, result.get("default")) else ""
-        mark += " **chosen**" if _same(p, result.get("chosen")) else ""
+        mark = " (default)" if same_point(p, result.get("default")) else ""
+        mark += " **chosen**" if same_point(p, result.get("chosen")) else ""
         fits = p["status"] == "ok" and p["p99_ms"] <= budget
         lines.append(f"| {p['artifact']}{mark} | {p['max_batch']} | {p['instances']} | "
                      f"{p['queue_delay_us']} | {p.get('concurrency') or ''} | {fmt(p['throughput'])} | "
@@ -46,15 +46,15 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _same(a: dict, b: dict | None) -> bool:
+def same_point(a: dict, b: dict | None) -> bool:
     keys = ("artifact", "max_batch", "instances", "queue_delay_us", "concurrency")
     return b is not None and all(a.get(k) == b.get(k) for k in keys)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    from ..ui.plots import _pyplot, _save
+    from ..ui.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     ok = [p for p in result["candidates"] if p["status"] == "ok"]
     ax.scatter([p["p99_ms"] for p in ok], [p["throughput"] for p in ok], s=18, alpha=0.6,
@@ -72,7 +72,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
            title="rtk tune: throughput against p99")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write(result: dict[str, Any], out: str | Path) -> list[Path]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..core.files import atomic_path
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,7 +18,7 @@ def _pyplot():
 
 def plot_curves(history: list[dict], path: Path) -> None:
     """Loss and accuracy per evaluated epoch, train against validation."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
@@ -30,14 +30,14 @@ def plot_curves(history: list[dict], path: Path) -> None:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path) -> None:
     """Row-normalised confusion matrix with counts in the cells."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     m = np.asarray(matrix, dtype=float)
     norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
     size = max(4, 0.5 * len(classes) + 2)
@@ -52,11 +52,11 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path) -> N
             for j in ticks:
                 ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if norm[i, j] > 0.5 else "black")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.tight_layout()
         fig.savefig(tmp, dpi=110, format="png")
-    _pyplot().close(fig)
+    pyplot().close(fig)
