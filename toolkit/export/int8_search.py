@@ -110,7 +110,7 @@ class Search:
 def stricter(tol: Tolerances, share: float = 0.5) -> Tolerances:
     """The gate's INT8 limits with only `share` of their slack: the probe is another sample of
     images than the held-out set, so a configuration that only just passes there may not."""
-    return replace(tol, int8_top1_delta=tol.int8_top1_delta * share,
+    return replace(tol, int8_delta=tol.int8_delta * share,
                    int8_agreement=1 - (1 - tol.int8_agreement) * share)
 
 
