@@ -54,6 +54,6 @@ def tune(run_dir, as_json, **options):
                    f"({result['default']['throughput']:.1f} images/s).")
     if result.get("serve"):
         c = result["chosen"]
-        click.echo(f"Chosen: {c['artifact']}, max batch {c['max_batch']}, {c['instances']} "
+        click.echo(f"Chosen: {c['artifact']}, max batch {c['max_batch_size']}, {c['instances']} "
                    f"instance(s), delay {c['queue_delay_us']} us. Serve it with: {result['serve']}")
     click.echo(f"Report: {paths[0]}")

@@ -57,7 +57,7 @@ def tune(bundle: Bundle, opts: TuneOptions, echo: Callable = print) -> dict[str,
 
     def options(c: Candidate, repo: str) -> RepoOptions:
         return RepoOptions(repo=repo, name=opts.name, platform=platform, kind=opts.kind,
-                           max_batch=c.max_batch, instances=c.instances,
+                           max_batch=c.max_batch_size, instances=c.instances,
                            queue_delay_us=c.queue_delay_us, artifact=c.artifact)
 
     _, facts = build_configs(bundle, RepoOptions(name=opts.name, platform=platform, kind=opts.kind))
@@ -90,7 +90,7 @@ def tune(bundle: Bundle, opts: TuneOptions, echo: Callable = print) -> dict[str,
         from ..triton import write_repository
 
         c = result["chosen"]
-        summary = write_repository(bundle, options(Candidate(c["artifact"], c["max_batch"],
+        summary = write_repository(bundle, options(Candidate(c["artifact"], c["max_batch_size"],
                                                              c["instances"], c["queue_delay_us"]),
                                                    opts.repo), echo=echo)
         result["repository"] = summary["repo"]
@@ -116,7 +116,7 @@ def objective(rows: list[dict], budget: float) -> float:
     return r["throughput"] if r["p99_ms"] <= budget else -r["p99_ms"]
 
 
-FIELDS = ("artifact", "max_batch", "instances", "queue_delay_us", "concurrency", "throughput",
+FIELDS = ("artifact", "max_batch_size", "instances", "queue_delay_us", "concurrency", "throughput",
           "p50_ms", "p99_ms", "status", "server")
 
 
