@@ -35,7 +35,7 @@ def folder_samples(bundle: Bundle, folder: str | Path) -> list[tuple[Path, int]]
     return scan.samples
 
 
-def batches(paths: Sequence[Path], pre: dict, batch_size: int, raw: bool = False) -> Iterator:
+def batches(paths: Sequence[Path], pre: dict, batch_size: int, *, raw: bool = False) -> Iterator:
     """uint8 NHWC batches of the eval transform (or raw bytes), decoded by a small thread pool."""
     load = (lambda p: Path(p).read_bytes()) if raw else (lambda p: eval_uint8(open_rgb(p), pre))
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -44,7 +44,7 @@ def batches(paths: Sequence[Path], pre: dict, batch_size: int, raw: bool = False
             yield items if raw else np.stack(items)
 
 
-def run_backend(backend, paths: Sequence[Path], pre: dict, batch_size: int = 32,
+def run_backend(backend, paths: Sequence[Path], pre: dict, *, batch_size: int = 32,
                 progress: bool = False) -> np.ndarray:
     """Logits of `backend` for every image in `paths`."""
     outs = []

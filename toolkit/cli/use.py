@@ -43,7 +43,7 @@ def eval_cmd(run_dir, data_dir, backend, device, url, protocol, tensors, batch_s
     from ..evaluate import evaluate
 
     bundle = Bundle.load(run_dir)
-    result = evaluate(bundle, data_dir, backend, device, batch_size, progress=not as_json,
+    result = evaluate(bundle, data_dir, backend, device=device, batch_size=batch_size, progress=not as_json,
                       **_triton_opts(backend, url, protocol, tensors))
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -68,7 +68,7 @@ def predict(run_dir, images, backend, device, url, protocol, tensors, topk, as_j
     from ..core.bundle import Bundle
     from ..evaluate import predict as run_predict
 
-    results = run_predict(Bundle.load(run_dir), images, backend, device, topk,
+    results = run_predict(Bundle.load(run_dir), images, backend, device=device, topk=topk,
                           **_triton_opts(backend, url, protocol, tensors))
     if as_json:
         click.echo(json.dumps(results, indent=2))

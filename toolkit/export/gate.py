@@ -63,12 +63,12 @@ def resolution_warnings(n: int, limits: dict[str, float]) -> list[str]:
     return warnings
 
 
-def measure(bundle, backend_name: str, device: str, paths: Sequence[Path], labels: np.ndarray,
+def measure(bundle, backend_name: str, device: str, *, paths: Sequence[Path], labels: np.ndarray,
             reference: np.ndarray, progress: bool = False) -> dict[str, Any]:
     """Parity of one backend (artifacts opened even if not yet trusted) against `reference`."""
     from ..backends import open_backend
     from ..backends.run import run_backend
 
     with open_backend(backend_name, bundle, device, trusted_only=False) as backend:
-        logits = run_backend(backend, paths, bundle.preprocessing, 32, progress)
+        logits = run_backend(backend, paths, bundle.preprocessing, batch_size=32, progress=progress)
     return {"backend": backend_name, "device": device, **parity(reference, logits, labels)}

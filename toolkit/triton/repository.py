@@ -182,12 +182,12 @@ def build_configs(bundle: Bundle, opts: RepoOptions) -> tuple[dict[str, Any], di
         extra.update(intra_op_threads=str(threads), intra_op_thread_count=str(threads),
                      inter_op_thread_count="1")
     made = {
-        "classifier": configs.classifier(names["classifier"], opts.platform, inp, out,
-                                         serving("classifier", **extra), trt_fp16=opts.trt_fp16),
+        "classifier": configs.classifier(names["classifier"], opts.platform, inp, out=out,
+                                         serving=serving("classifier", **extra), trt_fp16=opts.trt_fp16),
         "preprocess": configs.preprocess(names["preprocess"], inp, serving("preprocess"),
-                                         bundle.preprocessing),
+                                         preprocessing=bundle.preprocessing),
         "postprocess": configs.postprocess(names["postprocess"], out, serving("postprocess")),
-        "ensemble": configs.ensemble(names["ensemble"], names, inp, out, serving("ensemble")),
+        "ensemble": configs.ensemble(names["ensemble"], names, inp, out=out, serving=serving("ensemble")),
     }
     return made, {"artifact": artifact, "max_batch": max_batch, "names": names,
                   "instances": instances, "threads_per_instance": threads,
@@ -206,7 +206,7 @@ def write_repository(bundle: Bundle, opts: RepoOptions, echo: Callable = print) 
     os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; a served repository must be readable
     try:
         for role, config in made.items():
-            _write_model(tmp / config.name, role, config, bundle, facts["artifact"])
+            _write_model(tmp / config.name, role, config, bundle=bundle, artifact=facts["artifact"])
         verify_repository(tmp)
         _swap(tmp, repo, [c.name for c in made.values()])
     finally:
@@ -215,7 +215,7 @@ def write_repository(bundle: Bundle, opts: RepoOptions, echo: Callable = print) 
     return {"repo": str(repo), "platform": opts.platform, "kind": opts.kind, **facts}
 
 
-def _write_model(folder: Path, role: str, config, bundle: Bundle, artifact: str) -> None:
+def _write_model(folder: Path, role: str, config, *, bundle: Bundle, artifact: str) -> None:
     version = folder / "1"
     version.mkdir(parents=True)
     (folder / "config.pbtxt").write_text(configs.to_text(config))

@@ -66,7 +66,8 @@ def tune(bundle: Bundle, opts: TuneOptions, echo: Callable = print) -> dict[str,
     space = space_for(trusted_artifacts(bundle), facts["max_batch"], usable_cores())
     measured: dict[Candidate, list[dict]] = {}
     started, deadline = time.monotonic(), time.monotonic() + 60 * opts.budget_minutes
-    bench = Bench(bundle, options, opts.concurrency, opts.seconds, echo, opts.backend_env)
+    bench = Bench(bundle, options, opts.concurrency, seconds=opts.seconds, echo=echo,
+                  backend_env=opts.backend_env)
 
     def score(c: Candidate) -> float:
         if c not in measured:
@@ -80,7 +81,7 @@ def tune(bundle: Bundle, opts: TuneOptions, echo: Callable = print) -> dict[str,
 
     try:
         bench.start(default)
-        coordinate_ascent(space, default, score, out_of_time)
+        coordinate_ascent(space, default, score, out_of_time=out_of_time)
     finally:
         bench.close()
     result = decide(measured, default, opts.p99_ms)

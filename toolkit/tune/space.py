@@ -55,7 +55,7 @@ def space_for(trusted: list[str], batch_limit: int, cores: int) -> Space:
     return Space(tuple(trusted), batches, instances)
 
 
-def step(space: Space, current: Candidate, dimension: str, direction: int) -> Candidate | None:
+def step(space: Space, current: Candidate, dimension: str, *, direction: int) -> Candidate | None:
     """The next value up (+1) or down (-1) a numeric dimension, or None at its end."""
     ordered = sorted(set(space.values(dimension)) | {getattr(current, dimension)})
     i = ordered.index(getattr(current, dimension)) + direction
@@ -63,7 +63,7 @@ def step(space: Space, current: Candidate, dimension: str, direction: int) -> Ca
 
 
 def coordinate_ascent(space: Space, start: Candidate, score: Callable[[Candidate], float],
-                      out_of_time: Callable[[], bool]) -> Candidate:
+                      *, out_of_time: Callable[[], bool]) -> Candidate:
     """Best candidate found by moving along one dimension at a time while it improves `score`.
 
     `score` measures (and caches) a candidate; higher is better. Artifacts are tried all;
@@ -84,7 +84,7 @@ def coordinate_ascent(space: Space, start: Candidate, score: Callable[[Candidate
         for direction in (+1, -1):
             moved = False
             while not out_of_time():
-                candidate = step(space, best, dimension, direction)
+                candidate = step(space, best, dimension, direction=direction)
                 if candidate is None:
                     break
                 s = score(candidate)
