@@ -48,8 +48,7 @@ def triton(run_dir, as_json, **options):
     from ..triton import RepoOptions, write_repository
 
     opts = RepoOptions(**options)
-    repo, platform, kind = opts.repo, opts.platform, opts.kind
-    inside = Path(run_dir).resolve() in Path(repo).resolve().parents  # writing into the bundle
+    inside = Path(run_dir).resolve() in Path(opts.repo).resolve().parents  # writing into the bundle
     with bundle_lock(run_dir, "rtk triton") if inside else contextlib.nullcontext():
         summary = write_repository(Bundle.load(run_dir), opts,
                                    echo=lambda m: click.echo(m, err=True))
@@ -58,7 +57,7 @@ def triton(run_dir, as_json, **options):
         return
     names = summary["names"]
     click.echo(f"Ensemble {names['ensemble']!r} (image bytes in, {names['classifier']} on "
-               f"{platform}/{kind}, max batch {summary['max_batch']}) in {summary['repo']}")
+               f"{opts.platform}/{opts.kind}, max batch {summary['max_batch']}) in {summary['repo']}")
     click.echo(f"Classifier artifact: {summary['artifact']}, {summary['instances']} instance(s)"
                + (f" x {summary['threads_per_instance']} ONNX Runtime threads"
                   if summary["threads_per_instance"] else ""))

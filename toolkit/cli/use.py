@@ -23,7 +23,7 @@ def backend_options(fn):
     return fn
 
 
-def _triton_opts(backend, url, protocol, tensors) -> dict:
+def _triton_opts(backend, *, url, protocol, tensors) -> dict:
     if backend != "triton":
         return {}
     return {"url": url, "protocol": protocol, "send_bytes": not tensors}
@@ -44,7 +44,7 @@ def eval_cmd(run_dir, data_dir, backend, device, url, protocol, tensors, batch_s
 
     bundle = Bundle.load(run_dir)
     result = evaluate(bundle, data_dir, backend, device=device, batch_size=batch_size, progress=not as_json,
-                      **_triton_opts(backend, url, protocol, tensors))
+                      **_triton_opts(backend, url=url, protocol=protocol, tensors=tensors))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -69,7 +69,7 @@ def predict(run_dir, images, backend, device, url, protocol, tensors, topk, as_j
     from ..evaluate import predict as run_predict
 
     results = run_predict(Bundle.load(run_dir), images, backend, device=device, topk=topk,
-                          **_triton_opts(backend, url, protocol, tensors))
+                          **_triton_opts(backend, url=url, protocol=protocol, tensors=tensors))
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
