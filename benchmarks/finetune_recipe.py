@@ -106,10 +106,10 @@ def overhead(args) -> dict:
             rates["before"] = []
         model = build_model(arch, 10, "none").to(memory_format=torch.channels_last)
         ema = ModelEma(model)
-        opt = make_optimizer(model.parameters(), 5e-5, 0.05, "cpu")
+        opt = make_optimizer(model.parameters(), 5e-5, 0.05, device="cpu")
         sched = warmup_cosine(opt, 10**6, 1)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
-        train_one_epoch(model, batches[:2], opt, sched, scaler, rt)  # warm-up, not timed
+        train_one_epoch(model, batches[:2], opt, scheduler=sched, scaler=scaler, rt=rt)  # warm-up, not timed
         names = list(rates)
         for r in range(args.repeats):
             # interleaved, the order rotated each repeat so no arm always follows another
@@ -117,9 +117,10 @@ def overhead(args) -> dict:
                 options = StepOptions(ema=ema if name == "ema_on" else None)
                 t = time.perf_counter()
                 if name == "before":
-                    before.train_one_epoch(model, batches, opt, sched, scaler, rt)
+                    before.train_one_epoch(model, batches, opt, scheduler=sched, scaler=scaler, rt=rt)
                 else:
-                    train_one_epoch(model, batches, opt, sched, scaler, rt, options=options)
+                    train_one_epoch(model, batches, opt, scheduler=sched, scaler=scaler, rt=rt,
+                                    options=options)
                 rates[name].append(len(batches) * args.batch_size / (time.perf_counter() - t))
         t = time.perf_counter()
         for _ in range(20):

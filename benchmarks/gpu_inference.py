@@ -51,7 +51,7 @@ def time_backend(bundle, name: str, device: str, sizes: list[int], seconds: floa
             batch = rng.integers(0, 256, (bs, crop, crop, 3), dtype=np.uint8)
             try:
                 stats = time_calls(lambda b=batch: backend(b), bs, Timing(duration=seconds, warmup=1.0),
-                                   device)
+                                   device=device)
                 rows.append({"backend": name, "batch_size": bs, "status": "ok", **stats})
             except Exception as exc:  # out of memory and friends: a row, not a crash
                 rows.append({"backend": name, "batch_size": bs, "status": f"error: {exc}"[:200]})

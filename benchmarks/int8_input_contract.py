@@ -102,7 +102,7 @@ def export_cast_orders(folder: Path, size: int) -> dict[str, Path]:
                                                                          max=64)},))
         program.save(str(fp32))
         prepared = prepare_for_int8(fp32, folder / f"{order}.prepared.onnx")
-        to_int8(prepared, int8, iter(calib), "input", "cpu")
+        to_int8(prepared, int8, iter(calib), input_name="input", scheme="cpu")
     return dict(sorted(paths.items()))  # each previous graph next to its new one
 
 

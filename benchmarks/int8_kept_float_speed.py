@@ -66,13 +66,13 @@ def main() -> None:
         prepared = prepare_for_int8(fp32, work / "prepared.onnx")
         paths, kept = {"fp32": fp32}, {"fp32": None, "single_shot_int8": 0}
         single = work / "single.onnx"
-        to_int8(prepared, single, (calib[i:i + 16] for i in range(0, len(calib), 16)), "input")
+        to_int8(prepared, single, (calib[i:i + 16] for i in range(0, len(calib), 16)), input_name="input")
         paths["single_shot_int8"] = single
-        groups = sensitive_groups(single, prepared, "input", calib[:4])
+        groups = sensitive_groups(single, prepared, "input", images=calib[:4])
         for k in (int(v) for v in args.kept.split(",")):
             nodes = _nodes(groups[:k])
             path = work / f"kept{k}.onnx"
-            to_int8(prepared, path, (calib[i:i + 16] for i in range(0, len(calib), 16)), "input",
+            to_int8(prepared, path, (calib[i:i + 16] for i in range(0, len(calib), 16)), input_name="input",
                     exclude=nodes)
             label = f"int8_{k}_groups_in_float"
             paths[label], kept[label] = path, len(nodes)

@@ -72,10 +72,10 @@ def rtk_loop(model, batches, device, compile_):
     model = model.to(memory_format=torch.channels_last)
     if compile_:
         model = torch.compile(model)
-    opt = make_optimizer(model.parameters(), 5e-5, 0.05, device)  # fused on CUDA, as rtk
+    opt = make_optimizer(model.parameters(), 5e-5, 0.05, device=device)  # fused on CUDA, as rtk
     sched = warmup_cosine(opt, len(batches), 1)
     scaler = torch.amp.GradScaler(device, enabled=rt.amp_dtype == torch.float16)
-    train_one_epoch(model, batches, opt, sched, scaler, rt)
+    train_one_epoch(model, batches, opt, scheduler=sched, scaler=scaler, rt=rt)
     return rt
 
 

@@ -87,8 +87,8 @@ def test_parity_failure_is_flagged_not_timed(tiny_bundle, monkeypatch):
     with open_backend("torch", bundle) as torch_backend:
         truth = torch_backend(images)
     wrong = np.roll(truth, 1, axis=1)  # every argmax moved to another class
-    rows = bench_backend(bundle, "torch", "cpu", BenchOptions(timing=Timing(duration=0.2)),
-                         images, wrong, echo=lambda *_: None)
+    rows = bench_backend(bundle, "torch", "cpu", opts=BenchOptions(timing=Timing(duration=0.2)),
+                         images=images, reference=wrong, echo=lambda *_: None)
     assert len(rows) == 1 and rows[0]["status"].startswith("parity failed")
     assert rows[0]["throughput"] is None
 

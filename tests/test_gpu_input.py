@@ -229,7 +229,7 @@ def test_batched_rotation_is_torchvisions_rotate():
 def test_color_jitter_identity_and_extremes():
     x = torch.rand(2, 3, 8, 8) * 255
     ones = torch.ones(2, 3)
-    assert torch.allclose(color_jitter(x, ones, [0, 1, 2, 3], torch.eye(3).expand(2, 3, 3)), x,
+    assert torch.allclose(color_jitter(x, ones, [0, 1, 2, 3], hue=torch.eye(3).expand(2, 3, 3)), x,
                           atol=1e-3)
     dark = color_jitter(x, torch.tensor([[0.0, 1, 1], [1, 1, 1]]), [0])
     assert dark[0].abs().max() == 0 and torch.allclose(dark[1], x[1])

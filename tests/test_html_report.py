@@ -189,6 +189,9 @@ def test_serving_section_from_a_recorded_triton_sweep_and_tune(exported, tmp_pat
             assert str(t["queue_ms"]) in shown and str(t["compute_ms"]) in shown
     tune = json.loads((tune_dir / "tune.json").read_text())
     assert_tune_shown(tree, tune)
+    chosen = next(r for r in serving.iter(f"{NS}tr") if r.get("class") == "chosen")
+    # The committed tune.json predates the key max_batch_size: the old key is still read.
+    assert chosen.findall(f"{NS}td")[1].text == str(tune["chosen"]["max_batch"])
     assert "another run's bundle" in text_of(section(tree, "speed"))  # benchmarks/cpu is the digits run
 
 

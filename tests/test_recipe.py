@@ -32,7 +32,7 @@ def _sgd_epoch(model, batches, options=None):
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    train_one_epoch(model, batches, opt, sched, scaler, CPU, options=options)
+    train_one_epoch(model, batches, opt, scheduler=sched, scaler=scaler, rt=CPU, options=options)
     return sched
 
 
@@ -98,7 +98,7 @@ def test_frozen_backbone_weights_are_unchanged():
     sched = warmup_cosine(opt, 2, 1)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     batches = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])) for _ in range(2)]
-    train_one_epoch(model, batches, opt, sched, scaler, CPU,
+    train_one_epoch(model, batches, opt, scheduler=sched, scaler=scaler, rt=CPU,
                     options=StepOptions(after_train_mode=recipe.frozen_eval))
     after = model.state_dict()
     head = {"fc.weight", "fc.bias"}

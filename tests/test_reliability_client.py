@@ -219,9 +219,9 @@ def test_serve_command_line_loads_the_named_models_or_all():
     from toolkit.triton.server import triton_command
 
     ports = {"http": 8000, "grpc": 8001, "metrics": 8002}
-    every = triton_command("tritonserver", "/models", ports, "0.0.0.0", 30)
-    named = triton_command("tritonserver", "s3://bucket/models", ports, "0.0.0.0", 30,
-                           ["tiny", "tiny_classifier"], extra=["--backend-directory=/b"])
+    every = triton_command("tritonserver", "/models", ports, address="0.0.0.0", exit_timeout=30)
+    named = triton_command("tritonserver", "s3://bucket/models", ports, address="0.0.0.0", exit_timeout=30,
+                           load_models=["tiny", "tiny_classifier"], extra=["--backend-directory=/b"])
     for cmd in (every, named):  # explicit control, without which the watchdog cannot reload
         assert "--model-control-mode=explicit" in cmd and "--exit-timeout-secs=30" in cmd
         assert {"--http-port=8000", "--grpc-port=8001", "--metrics-port=8002"} <= set(cmd)

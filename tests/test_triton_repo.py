@@ -170,11 +170,11 @@ def test_failure_midway_leaves_repository_untouched(bundle, tmp_path, monkeypatc
     calls = []
     real = repository._write_model
 
-    def flaky(folder, role, *args):
+    def flaky(folder, role, config, **kwargs):
         calls.append(role)
         if len(calls) == 3:
             raise OSError("disk full")
-        return real(folder, role, *args)
+        return real(folder, role, config, **kwargs)
 
     monkeypatch.setattr(repository, "_write_model", flaky)
     with pytest.raises(OSError, match="disk full"):

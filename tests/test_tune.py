@@ -13,7 +13,7 @@ pytest.importorskip("tritonclient.grpc")
 # conftest skips these, with the reason, where no Triton server can start (under CI: fails)
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
-CANDIDATE_FIELDS = {"artifact", "max_batch", "instances", "queue_delay_us", "concurrency",
+CANDIDATE_FIELDS = {"artifact", "max_batch_size", "instances", "queue_delay_us", "concurrency",
                     "throughput", "p50_ms", "p99_ms", "status"}
 
 
@@ -34,7 +34,7 @@ def test_tune_measures_candidates_and_picks_one_within_the_budget(cli, run, tmp_
     budget = 2000.0
     out = _tune(cli, run, tmp_path, str(budget), "1.2")
     assert out["p99_budget_ms"] == budget
-    configs = {(c["artifact"], c["max_batch"], c["instances"], c["queue_delay_us"])
+    configs = {(c["artifact"], c["max_batch_size"], c["instances"], c["queue_delay_us"])
                for c in out["candidates"]}
     assert len(configs) >= 3, configs
     for c in out["candidates"] + [out["default"], out["chosen"]]:

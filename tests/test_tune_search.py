@@ -20,7 +20,7 @@ DEFAULT = Candidate("onnx", 64, 1, 100)
 def closeness(c: Candidate, best: Candidate) -> float:
     """Highest at `best`, falling with the distance in steps on every numeric dimension."""
     distance = sum(abs(SPACE.values(d).index(getattr(c, d)) - SPACE.values(d).index(getattr(best, d)))
-                   for d in ("max_batch", "instances", "queue_delay_us"))
+                   for d in ("max_batch_size", "instances", "queue_delay_us"))
     return (10.0 if c.artifact == best.artifact else 0.0) - distance
 
 
@@ -41,7 +41,7 @@ def never() -> bool:
 def test_coordinate_ascent_finds_a_single_peak_walking_up_and_down():
     best = Candidate("int8", 8, 3, 0)  # batch below the start, instances above, delay below
     score, asked = peaked(best)
-    assert coordinate_ascent(SPACE, DEFAULT, score, never) == best
+    assert coordinate_ascent(SPACE, DEFAULT, score, out_of_time=never) == best
     # every artifact is tried; then each dimension moves one step at a time
     assert [c.artifact for c in asked[1:4]] == ["onnx", "fp16", "int8"]
     assert Candidate("int8", 64, 2, 100) in asked and Candidate("int8", 32, 3, 100) in asked
@@ -52,7 +52,7 @@ def test_coordinate_ascent_finds_a_single_peak_walking_up_and_down():
 
 def test_coordinate_ascent_stops_a_dimension_at_the_first_step_that_does_not_pay():
     score, asked = peaked(DEFAULT)  # the start is already the best
-    assert coordinate_ascent(SPACE, DEFAULT, score, never) == DEFAULT
+    assert coordinate_ascent(SPACE, DEFAULT, score, out_of_time=never) == DEFAULT
     # the start, 3 artifacts, then one step each way per numeric dimension where there is one
     # (1 instance is the bottom of its range, max batch 64 the top), and nothing more
     assert len(asked) == 1 + 3 + 1 + 1 + 2
@@ -65,7 +65,7 @@ def test_coordinate_ascent_keeps_the_start_on_a_tie():
     def flat(c: Candidate) -> float:
         asked.append(c)
         return 1.0
-    assert coordinate_ascent(SPACE, DEFAULT, flat, never) == DEFAULT
+    assert coordinate_ascent(SPACE, DEFAULT, flat, out_of_time=never) == DEFAULT
 
 
 def test_coordinate_ascent_returns_the_best_so_far_when_time_runs_out():
@@ -73,7 +73,7 @@ def test_coordinate_ascent_returns_the_best_so_far_when_time_runs_out():
     score, asked = peaked(best)
     calls = iter(range(100))
     out_of_time = lambda: next(calls) >= 5  # noqa: E731 - five more candidates, then stop
-    found = coordinate_ascent(SPACE, DEFAULT, score, out_of_time)
+    found = coordinate_ascent(SPACE, DEFAULT, score, out_of_time=out_of_time)
     assert 1 < len(asked) <= 1 + 5 and found != best
     # the best of what was measured, nothing unmeasured
     assert found == max(asked, key=lambda c: closeness(c, best))
@@ -91,7 +91,8 @@ def test_decide_picks_the_highest_throughput_within_the_budget():
     measured = {DEFAULT: [row(DEFAULT, 1, 100.0, 20.0), row(DEFAULT, 4, 150.0, 60.0)],
                 FAST: [row(FAST, 1, 180.0, 30.0), row(FAST, 4, 400.0, 120.0),
                        row(FAST, 8, 900.0, 10.0, status="failed")]}
-    result = decide(measured, DEFAULT, 50.0)
+    result, pick = decide(measured, DEFAULT, 50.0)
+    assert pick == FAST  # the winner itself, not rebuilt from the row's keys
     assert (result["chosen"]["artifact"], result["chosen"]["concurrency"]) == ("int8", 1)
     assert result["chosen"]["throughput"] == 180.0  # not 400 (over budget), not 900 (failed)
     assert result["default"]["throughput"] == 100.0
@@ -102,7 +103,7 @@ def test_decide_picks_the_highest_throughput_within_the_budget():
 
 def test_decide_gives_no_speedup_when_the_default_misses_the_budget():
     measured = {DEFAULT: [row(DEFAULT, 1, 100.0, 80.0)], FAST: [row(FAST, 1, 180.0, 30.0)]}
-    result = decide(measured, DEFAULT, 50.0)
+    result, _ = decide(measured, DEFAULT, 50.0)
     assert result["chosen"]["throughput"] == 180.0
     assert result["default"]["p99_ms"] == 80.0 and result["speedup_vs_default"] is None
 
@@ -110,11 +111,11 @@ def test_decide_gives_no_speedup_when_the_default_misses_the_budget():
 def test_decide_names_the_lowest_p99_when_nothing_meets_the_budget():
     measured = {DEFAULT: [row(DEFAULT, 1, 100.0, 80.0)], FAST: [row(FAST, 1, 180.0, 70.0),
                                                               row(FAST, 2, 1.0, 5.0, "failed")]}
-    result = decide(measured, DEFAULT, 50.0)
-    assert result["chosen"] is None and "speedup_vs_default" not in result
+    result, pick = decide(measured, DEFAULT, 50.0)
+    assert result["chosen"] is None and pick is None and "speedup_vs_default" not in result
     assert result["lowest_p99"]["p99_ms"] == 70.0
     assert result["verdict"] == "No candidate meets p99 <= 50 ms; the lowest p99 was 70.0 ms"
-    nothing = decide({DEFAULT: [row(DEFAULT, 1, 0.0, 0.0, "failed")]}, DEFAULT, 50.0)
+    nothing, _ = decide({DEFAULT: [row(DEFAULT, 1, 0.0, 0.0, "failed")]}, DEFAULT, 50.0)
     assert nothing["verdict"] == "No candidate meets p99 <= 50 ms" and nothing["default"] is None
 
 

@@ -14,7 +14,7 @@ from .backends.run import folder_samples, run_backend, validation_samples
 
 
 def evaluate(bundle: Bundle, data_dir: str | Path | None, backend_name: str = "torch",
-             device: str = "cpu", batch_size: int = 32, progress: bool = False,
+             *, device: str = "cpu", batch_size: int = 32, progress: bool = False,
              **backend_options: Any) -> dict[str, Any]:
     """Metrics of one backend on `data_dir` (or the bundle's validation split)."""
     from .backends import open_backend
@@ -22,14 +22,14 @@ def evaluate(bundle: Bundle, data_dir: str | Path | None, backend_name: str = "t
     samples = folder_samples(bundle, data_dir) if data_dir else validation_samples(bundle)
     paths, labels = [p for p, _ in samples], np.array([y for _, y in samples])
     with open_backend(backend_name, bundle, device, **backend_options) as backend:
-        logits = run_backend(backend, paths, bundle.preprocessing, batch_size, progress)
+        logits = run_backend(backend, paths, bundle.preprocessing, batch_size=batch_size, progress=progress)
     result = classification(logits, labels, bundle.classes)
     return {"backend": backend_name, "device": device,
             "data": str(data_dir) if data_dir else "validation split", **result}
 
 
 def predict(bundle: Bundle, images: Sequence[str | Path], backend_name: str = "torch",
-            device: str = "cpu", topk: int = 5, **backend_options: Any) -> list[dict[str, Any]]:
+            *, device: str = "cpu", topk: int = 5, **backend_options: Any) -> list[dict[str, Any]]:
     """Top-k labels with probabilities for each image."""
     from .backends import open_backend
 

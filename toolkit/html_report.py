@@ -204,8 +204,9 @@ def _result(folder: str, kind: str, sources: list[dict]) -> dict | None:
         result["roles"] = _server_roles(result["served"])
         result["gpu_over_cpu"] = _gpu_over_cpu(result["headlines"])
     else:
-        from .tune.report import same_point, pareto
+        from .tune.report import pareto, same_point, upgrade
 
+        upgrade(result)  # tune.json files written before the key was max_batch_size
         result["front"] = pareto(result["candidates"])
         for p in result["candidates"]:
             p["is_default"] = same_point(p, result.get("default"))

@@ -55,7 +55,7 @@ class OrtFP32(Backend):
             return f"no {cls.artifact} in the run: {make_hint(cls.artifact, bundle.root)}"
         return super().availability(bundle, device)
 
-    def __init__(self, bundle, device="cpu", trusted_only: bool = True, threads: int | None = None,
+    def __init__(self, bundle, device="cpu", trusted_only: bool = True, *, threads: int | None = None,
                  **options):
         super().__init__(bundle, device)
         ort = require("onnxruntime", "onnx")

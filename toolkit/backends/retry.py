@@ -64,14 +64,14 @@ def classify(exc: BaseException) -> Failure:
 
 
 def backoff(attempt: int, base: float = 0.05, cap: float = 2.0,
-            rand: Callable[[], float] = random.random) -> float:
+            *, rand: Callable[[], float] = random.random) -> float:
     """'Full jitter' exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
     return rand() * min(cap, base * (2 ** attempt))
 
 
 def call_with_retry(fn: Callable[[], T], deadline: float,
                     on_retry: Callable[[Failure, float], None] | None = None,
-                    clock: Callable[[], float] = time.monotonic,
+                    *, clock: Callable[[], float] = time.monotonic,
                     sleep: Callable[[float], None] = time.sleep,
                     rand: Callable[[], float] = random.random) -> T:
     """Call fn; retry transient failures with jittered backoff until `deadline` seconds passed.

@@ -36,7 +36,7 @@ def folder_samples(bundle: Bundle, folder: str | Path) -> list[tuple[Path, int]]
     return scan.samples
 
 
-def batches(paths: Sequence[Path], pre: Preprocess, batch_size: int,
+def batches(paths: Sequence[Path], pre: Preprocess, batch_size: int, *,
             raw: bool = False) -> Iterator:
     """uint8 NHWC batches of the eval transform (or raw bytes), decoded by a small thread pool."""
     recipe = pre.to_json()  # data/images.py is copied into Triton: it takes the plain dict
@@ -47,7 +47,7 @@ def batches(paths: Sequence[Path], pre: Preprocess, batch_size: int,
             yield items if raw else np.stack(items)
 
 
-def run_backend(backend, paths: Sequence[Path], pre: Preprocess, batch_size: int = 32,
+def run_backend(backend, paths: Sequence[Path], pre: Preprocess, *, batch_size: int = 32,
                 progress: bool = False) -> np.ndarray:
     """Logits of `backend` for every image in `paths`."""
     outs = []

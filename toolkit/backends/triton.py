@@ -30,7 +30,7 @@ class TritonClient(Backend):
             return f"tritonclient is not installed: {exc.hint}"
         return None
 
-    def __init__(self, bundle, device="cpu", url: str | None = None, protocol: str = "http",
+    def __init__(self, bundle, device="cpu", url: str | None = None, *, protocol: str = "http",
                  send_bytes: bool = True, model: str | None = None, timeout: float = 60.0,
                  retry_deadline: float = 30.0, **options):
         super().__init__(bundle, device)

@@ -93,54 +93,54 @@ def int8_record(entry: Artifact) -> dict[str, Any]:
             "export_speed_vs_single_shot_int8": speed.get("vs_single_shot_int8")}
 
 
-def bench_backend(bundle: Bundle, name: str, device: str, opts: BenchOptions, images: np.ndarray,
+def bench_backend(bundle: Bundle, name: str, device: str, *, opts: BenchOptions, images: np.ndarray,
                   reference: np.ndarray, echo: Callable = print) -> list[dict]:
     """Rows for one backend on one device: a reason row, a parity-failed row, or timed rows."""
     from ..backends import backend_class
 
     reason = backend_class(name).availability(bundle, device)
     if reason:
-        return [row(name, device, None, f"unavailable: {reason}")]
+        return [row(name, device, None, status=f"unavailable: {reason}")]
     gate = gate_of(bundle, name)
     from ..backends import open_backend
 
     try:
         backend = open_backend(name, bundle, device)
     except Exception as exc:  # a missing library or broken artifact is a row, not a crash
-        return [row(name, device, None, f"error: {getattr(exc, 'message', exc)}")]
+        return [row(name, device, None, status=f"error: {getattr(exc, 'message', exc)}")]
     rows = []
     try:
         with backend:
             logits = np.concatenate([backend(images[i:i + 16]) for i in range(0, len(images), 16)])
             raw, confident = agreement(reference, logits)
             if confident < parity_floor(name):
-                return [row(name, device, None, f"parity failed: confident top-1 agreement "
+                return [row(name, device, None, status=f"parity failed: confident top-1 agreement "
                             f"{confident:.1%} with PyTorch (floor {parity_floor(name):.0%})",
                             agreement=raw)]
             for bs in opts.batch_sizes:
                 batch = np.ascontiguousarray(np.resize(images, (bs, *images.shape[1:])))
                 echo(f"  {name:<18} {device:<4} batch {bs:<4}")
-                rows.append({**_timed(backend, name, device, bs, batch, opts.timing, raw),
-                             **gate})
+                rows.append({**_timed(backend, name, device, bs=bs, batch=batch, timing=opts.timing,
+                                     agreement=raw), **gate})
     except Exception as exc:  # e.g. torch.compile without a C++ compiler: a row, not a crash
-        rows.append(row(name, device, None, f"error: {getattr(exc, 'message', exc)}"[:300]))
+        rows.append(row(name, device, None, status=f"error: {getattr(exc, 'message', exc)}"[:300]))
     return rows
 
 
-def _timed(backend, name, device, bs, batch, timing, agreement) -> dict:
+def _timed(backend, name, device, *, bs, batch, timing, agreement) -> dict:
     import torch
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     try:
-        stats = time_calls(lambda: backend(batch), bs, timing, device)
+        stats = time_calls(lambda: backend(batch), bs, timing, device=device)
     except Exception as exc:  # out of memory and friends: report, keep going
         oom = "out of memory" in str(exc).lower()
-        return row(name, device, bs, ("out of memory" if oom else f"error: {exc}")[:200])
+        return row(name, device, bs, status=("out of memory" if oom else f"error: {exc}")[:200])
     gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
     # Every backend takes the uint8 contract, so a GPU receives exactly the image bytes.
     h2d = batch[0].nbytes if device == "cuda" else 0
-    return row(name, device, bs, "ok", **stats, agreement=agreement, rss_mb=rss_mb(),
+    return row(name, device, bs, status="ok", **stats, agreement=agreement, rss_mb=rss_mb(),
                gpu_peak_mb=gpu_mb, h2d_bytes_per_image=h2d)
 
 
@@ -159,12 +159,13 @@ def run_bench(bundle: Bundle, opts: BenchOptions, echo: Callable = print) -> dic
         for name in opts.backends or default_backends():
             if name == "triton":
                 continue
-            results += bench_backend(bundle, name, device, opts, images, reference, echo)
+            results += bench_backend(bundle, name, device, opts=opts, images=images,
+                                     reference=reference, echo=echo)
     triton = None
     if opts.triton_url or (opts.backends and "triton" in opts.backends):
         from .triton import bench_triton
 
-        triton = bench_triton(bundle, opts, images, reference, echo)
+        triton = bench_triton(bundle, opts, images, reference=reference, echo=echo)
         results += triton.pop("rows")
     from .report import headlines
 

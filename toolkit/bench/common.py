@@ -33,7 +33,7 @@ def agreement(reference: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
     return p["agreement"], p["confident_agreement"]
 
 
-def row(backend: str, device: str, batch_size: int | None, status: str, **values) -> dict:
+def row(backend: str, device: str, batch_size: int | None, *, status: str, **values) -> dict:
     base = {"backend": backend, "device": device, "batch_size": batch_size, "throughput": None,
             "p50_ms": None, "p90_ms": None, "p99_ms": None, "status": status}
     return {**base, **values}

@@ -28,7 +28,7 @@ def _sync(device: str) -> Callable[[], None]:
 
 
 def time_calls(fn: Callable[[], Any], images_per_call: int, timing: Timing,
-               device: str = "cpu") -> dict[str, Any]:
+               *, device: str = "cpu") -> dict[str, Any]:
     """Throughput (images/s) and per-call latency percentiles of `fn`."""
     sync = _sync(device)
     end = time.perf_counter() + timing.warmup

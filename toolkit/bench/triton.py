@@ -27,7 +27,7 @@ def open_client(bundle, protocol: str, url: str):
     return open_backend("triton", bundle, "cpu", url=url, protocol=protocol, send_bytes=True)
 
 
-def load(bundle, protocol: str, url: str, payloads: list[bytes], concurrency: int,
+def load(bundle, protocol: str, url: str, *, payloads: list[bytes], concurrency: int,
          seconds: float) -> dict[str, Any]:
     """`concurrency` clients each sending one image at a time for `seconds`.
 
@@ -113,26 +113,26 @@ def server_rss_mb() -> float | None:
     return sum(sizes) if sizes else None
 
 
-def sweep_point(bundle, client, protocol: str, url: str, payloads: list[bytes], concurrency: int,
+def sweep_point(bundle, client, protocol: str, *, url: str, payloads: list[bytes], concurrency: int,
                 seconds: float, agreement: float) -> dict[str, Any]:
     """One row of the sweep: client latency and throughput next to Triton's own timings."""
     from .common import row
 
     before = server_stats(client.client, protocol)
-    res = load(bundle, protocol, url, payloads, concurrency, seconds)
+    res = load(bundle, protocol, url, payloads=payloads, concurrency=concurrency, seconds=seconds)
     side = _server_side(before, server_stats(client.client, protocol))
     lat, first_error = res.pop("lat_ms"), res.pop("first_error")
     if lat.size == 0:
-        return row("triton", "server", 1, f"all {res['failed']} requests failed: {first_error}"[:300],
+        return row("triton", "server", 1, status=f"all {res['failed']} requests failed: {first_error}"[:300],
                    protocol=protocol, concurrency=concurrency)
     status = "ok" if not res["failed"] else f"{res['failed']} failed requests, e.g. {first_error}"
-    return row("triton", "server", 1, status[:300], protocol=protocol, concurrency=concurrency,
+    return row("triton", "server", 1, status=status[:300], protocol=protocol, concurrency=concurrency,
                throughput=res["throughput"], agreement=agreement, requests=res["requests"],
                p50_ms=float(np.percentile(lat, 50)), p90_ms=float(np.percentile(lat, 90)),
                p99_ms=float(np.percentile(lat, 99)), server=side)
 
 
-def bench_triton(bundle, opts, images, reference, echo: Callable = print) -> dict[str, Any]:
+def bench_triton(bundle, opts, images, *, reference, echo: Callable = print) -> dict[str, Any]:
     """Parity through the server, then the sweep per protocol, then the optional soak."""
     from .common import PARITY_IMAGES, agreement, parity_floor, row, sample_paths
 
@@ -151,28 +151,29 @@ def bench_triton(bundle, opts, images, reference, echo: Callable = print) -> dic
                 entry = bundle.manifest.artifact(artifact)
                 precision = entry.precision if entry else None
                 if confident < parity_floor("triton", precision):
-                    rows.append(row("triton", "server", 1, f"parity failed: confident agreement "
+                    rows.append(row("triton", "server", 1, status=f"parity failed: confident agreement "
                                     f"{confident:.1%} ({artifact})", protocol=protocol,
                                     concurrency=None))
                     continue
                 sweep = []
                 for c in opts.triton_concurrency:
                     echo(f"  triton {protocol:<4} concurrency {c}")
-                    r = sweep_point(bundle, client, protocol, url, payloads, c,
-                                     opts.timing.duration, raw)
+                    r = sweep_point(bundle, client, protocol, url=url, payloads=payloads, concurrency=c,
+                                     seconds=opts.timing.duration, agreement=raw)
                     rows.append(r)
                     if r["throughput"] is not None:
                         sweep.append(r)
                 per_protocol[protocol] = sweep
         except Exception as exc:  # an unreachable server is a row, not a crash
-            rows.append(row("triton", "server", None, f"error: {getattr(exc, 'message', exc)}",
+            rows.append(row("triton", "server", None, status=f"error: {getattr(exc, 'message', exc)}",
                             protocol=protocol, concurrency=None))
     soak = None
     if opts.soak_seconds > 0 and per_protocol:
         protocol, c = next(iter(per_protocol)), max(opts.triton_concurrency)
         echo(f"  triton soak: {opts.soak_seconds:.0f} s at concurrency {c} ({protocol})")
         start_rss = server_rss_mb()
-        res = load(bundle, protocol, endpoints[protocol], payloads, c, opts.soak_seconds)
+        res = load(bundle, protocol, endpoints[protocol], payloads=payloads, concurrency=c,
+                   seconds=opts.soak_seconds)
         soak = {"protocol": protocol, "concurrency": c, "seconds": res["seconds"],
                 "requests": res["requests"], "failed": res["failed"],
                 "first_error": res["first_error"],

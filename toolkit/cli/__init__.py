@@ -7,11 +7,15 @@ import json
 import click
 
 from .. import __version__
+from .bench import bench
 from .common import handled
-
-
-def _emit_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2))
+from .deploy import deploy
+from .export import export
+from .report import report
+from .train import finetune
+from .triton import serve, triton, triton_env
+from .tune import tune
+from .use import eval_cmd, predict
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -44,28 +48,6 @@ def sample_data(out_dir: str, size: int) -> None:
     click.echo(f"Wrote digits to {write_digits(out_dir, size)}")
 
 
-from .train import finetune  # noqa: E402  (registers with `main`)
-from .use import eval_cmd, predict  # noqa: E402
-
-from .bench import bench  # noqa: E402
-from .export import export  # noqa: E402
-from .triton import serve, triton, triton_env  # noqa: E402
-from .tune import tune  # noqa: E402
-
-main.add_command(finetune)
-main.add_command(export)
-main.add_command(bench)
-main.add_command(eval_cmd)
-main.add_command(predict)
-main.add_command(triton)
-main.add_command(serve)
-main.add_command(triton_env)
-main.add_command(tune)
-
-from .deploy import deploy  # noqa: E402
-
-main.add_command(deploy)
-
-from .report import report  # noqa: E402
-
-main.add_command(report)
+for _command in (finetune, export, bench, eval_cmd, predict, triton, serve, triton_env, tune,
+                 deploy, report):
+    main.add_command(_command)

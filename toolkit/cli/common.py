@@ -1,4 +1,4 @@
-"""What every command module shares: error handling and the backend names."""
+"""What every command module shares: error handling, the backend names, shared option types."""
 
 from __future__ import annotations
 
@@ -14,6 +14,26 @@ from ..core.errors import RtkError
 BACKENDS = list(REGISTRY)  # the registry module is light: no backend library is imported
 
 
+class IntList(click.ParamType):
+    """A comma-separated list of positive integers ("1,8,32")."""
+
+    name = "text"  # the help shows TEXT, as before this type existed
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            values = [int(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
+        if not values or min(values) < 1:
+            self.fail("values must be positive integers", param, ctx)
+        return values
+
+
+INT_LIST = IntList()
+
+
 def _fail(message: str, hint: str | None, code: int) -> None:
     click.secho(f"Error: {message}", fg="red", err=True)
     if hint:
@@ -22,7 +42,7 @@ def _fail(message: str, hint: str | None, code: int) -> None:
 
 
 def handled(fn):
-    """Turn RtkError (and unexpected crashes) into Error:/Hint: lines, not tracebacks."""
+    """Decorates a command: RtkError (and unexpected crashes) become Error:/Hint: lines."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         debug = click.get_current_context().find_root().params.get("debug")

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from .common import handled
+
 
 @click.command()
 @click.argument("source", metavar="RUN_OR_REPO", type=click.Path())
@@ -27,25 +29,14 @@ import click
 @click.option("--shared-pvc", help="ReadWriteMany claim for training data and runs "
               "(default: <name>-shared).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def deploy(source, target, out, name, replicas, max_replicas, gpu, image, repo_uri, nodes,
-           nproc_per_node, train_image, shared_pvc, as_json):
+@handled
+def deploy(out, gpu, image, train_image, as_json, **options):
     """Write Kubernetes manifests for RUN_OR_REPO: Triton serving, KServe, multi-node training."""
-    from .common import handled
-
-    handled(_deploy)(source, target, out, name, replicas, max_replicas, gpu, image, repo_uri,
-                     nodes, nproc_per_node, train_image, shared_pvc, as_json)
-
-
-def _deploy(source, target, out, name, replicas, max_replicas, gpu, image, repo_uri, nodes,
-            nproc_per_node, train_image, shared_pvc, as_json):
     from ..deploy import DeployOptions, write_deployment
     from ..deploy.options import DEFAULT_IMAGE, DEFAULT_TRAIN_IMAGE
 
-    opts = DeployOptions(source=source, out=out, target=target, name=name, replicas=replicas,
-                         max_replicas=max_replicas, kind="gpu" if gpu else "cpu",
-                         image=image or DEFAULT_IMAGE, repo_uri=repo_uri, nodes=nodes,
-                         nproc_per_node=nproc_per_node, train_image=train_image or DEFAULT_TRAIN_IMAGE,
-                         shared_pvc=shared_pvc)
+    opts = DeployOptions(out=out, kind="gpu" if gpu else "cpu", image=image or DEFAULT_IMAGE,
+                         train_image=train_image or DEFAULT_TRAIN_IMAGE, **options)
     summary = write_deployment(opts, echo=lambda m: click.echo(m, err=True))
     if as_json:
         click.echo(json.dumps(summary, indent=2))

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from .common import handled
+
 
 def parity_table(rows: list[dict]) -> None:
     from ..ui import console as ui
@@ -27,7 +29,7 @@ def parity_table(rows: list[dict]) -> None:
 @click.argument("run_dir", type=click.Path())
 @click.option("--fp16", is_flag=True, help="Also an FP16 graph (and a TensorRT engine on a GPU host).")
 @click.option("--int8", is_flag=True, help="Also a calibrated static INT8 (Q/DQ) graph.")
-@click.option("--format", "fmt", type=click.Choice(["onnx", "tensorrt", "all"]), default="all",
+@click.option("--format", "format", type=click.Choice(["onnx", "tensorrt", "all"]), default="all",
               show_default=True, help="tensorrt fails on hosts without TensorRT and a GPU.")
 @click.option("--opset", default=18, show_default=True)
 @click.option("--max-batch", default=64, show_default=True,
@@ -52,26 +54,27 @@ def parity_table(rows: list[dict]) -> None:
 @click.option("--fp16-agreement", default=0.99, show_default=True)
 @click.option("--int8-agreement", default=0.95, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the parity table as JSON.")
-def export(run_dir, as_json, fp32_agreement, fp16_delta, int8_delta, fp16_agreement,
-           int8_agreement, fmt, **options):
+@handled
+def export(run_dir, as_json, **options):
     """Export RUN_DIR's model to ONNX (FP32/FP16/INT8) and TensorRT, each checked against PyTorch."""
-    from .common import handled
-    from ..export import Tolerances
-    from ..core.lock import locked  # one writer per run directory; readers are not blocked
+    from dataclasses import fields
 
-    tolerances = Tolerances(fp32_agreement, fp16_delta, int8_delta, fp16_agreement, int8_agreement)
-    handled(locked(_export, "rtk export"))(run_dir, as_json, format=fmt, tolerances=tolerances,
-                                           **options)
+    from ..core.lock import bundle_lock  # one writer per run directory; readers are not blocked
+    from ..export import ExportOptions, Tolerances
+
+    tolerances = Tolerances(**{f.name: options.pop(f.name) for f in fields(Tolerances)})
+    with bundle_lock(run_dir, "rtk export"):  # taken before the manifest is read
+        _export(run_dir, as_json, ExportOptions(tolerances=tolerances, **options))
 
 
-def _export(run_dir, as_json, **options):
+def _export(run_dir, as_json: bool, opts) -> None:
+    """Export and gate; the parity table is printed also when a gate failed."""
     from ..core.bundle import Bundle
     from ..core.errors import GateFailed
+    from ..export import export as run_export
     from .report import refreshed
-    from ..export import ExportOptions, export as run_export
 
     bundle = Bundle.load(run_dir)
-    opts = ExportOptions(**options)
 
     def echo(message: str) -> None:
         click.echo(message, err=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from .common import handled
+
 
 @click.command()
 @click.argument("run_dir", type=click.Path())
@@ -12,14 +14,9 @@ import click
               help="Also show this `rtk bench --out` folder (those of later benches are recorded).")
 @click.option("--tune", "tunes", multiple=True, type=click.Path(file_okay=False),
               help="Also show this `rtk tune --out` folder.")
+@handled
 def report(run_dir, out, benches, tunes):
     """Write one self-contained HTML page about RUN_DIR: data, training, trust, speed, deployment."""
-    from .common import handled
-
-    handled(_report)(run_dir, out, benches, tunes)
-
-
-def _report(run_dir, out, benches, tunes):
     from pathlib import Path
 
     from ..html_report import write_report

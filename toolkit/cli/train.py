@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..train.presets import AUGMENT_LEVELS, RANGES
+from .common import handled
 
 
 class BatchSize(click.ParamType):
@@ -113,14 +114,9 @@ def _range_help(name: str, text: str) -> str:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@handled
 def finetune(data_dir, out, compile_, no_progress, **options) -> None:
     """Fine-tune a classifier on DATA_DIR and write a run bundle to --out."""
-    from .common import handled
-
-    handled(_finetune)(data_dir, out, compile_, no_progress, options)
-
-
-def _finetune(data_dir, out, compile_, no_progress, options) -> None:
     from ..train.presets import check_range
     from ..train.config import TrainConfig
     from ..train.session import fit

@@ -8,6 +8,8 @@ import signal
 
 import click
 
+from .common import handled
+
 
 @click.command()
 @click.argument("run_dir", type=click.Path())
@@ -35,19 +37,9 @@ import click
 @click.option("--queue-timeout-ms", default=5000, show_default=True,
               help="A request that waited this long in a model's queue is rejected (0: never).")
 @click.option("--json", "as_json", is_flag=True)
-def triton(run_dir, repo, name, platform, kind, max_batch, instances, queue_delay_us, trt_fp16,
-           target_tensorrt, target_cc, max_queue_size, queue_timeout_ms, as_json, artifact):
+@handled
+def triton(run_dir, as_json, **options):
     """Write a Triton model repository for RUN_DIR: classifier, preprocessing, ensemble."""
-    from .common import handled
-
-    handled(_triton)(run_dir, repo, name, platform, kind, max_batch, instances, queue_delay_us,
-                     trt_fp16, target_tensorrt, target_cc, as_json,
-                     max_queue_size=max_queue_size, queue_timeout_ms=queue_timeout_ms,
-                     artifact=artifact)
-
-
-def _triton(run_dir, repo, name, platform, kind, max_batch, instances, queue_delay_us, trt_fp16,
-            target_tensorrt, target_cc, as_json, **queue):
     import contextlib
     from pathlib import Path
 
@@ -55,10 +47,8 @@ def _triton(run_dir, repo, name, platform, kind, max_batch, instances, queue_del
     from ..core.lock import bundle_lock
     from ..triton import RepoOptions, write_repository
 
-    opts = RepoOptions(repo=repo, name=name, platform=platform, kind=kind, max_batch=max_batch,
-                       instances=instances, queue_delay_us=queue_delay_us, trt_fp16=trt_fp16,
-                       target_tensorrt=target_tensorrt, target_cc=target_cc, **queue)
-    inside = Path(run_dir).resolve() in Path(repo).resolve().parents  # writing into the bundle
+    opts = RepoOptions(**options)
+    inside = Path(run_dir).resolve() in Path(opts.repo).resolve().parents  # writing into the bundle
     with bundle_lock(run_dir, "rtk triton") if inside else contextlib.nullcontext():
         summary = write_repository(Bundle.load(run_dir), opts,
                                    echo=lambda m: click.echo(m, err=True))
@@ -67,7 +57,7 @@ def _triton(run_dir, repo, name, platform, kind, max_batch, instances, queue_del
         return
     names = summary["names"]
     click.echo(f"Ensemble {names['ensemble']!r} (image bytes in, {names['classifier']} on "
-               f"{platform}/{kind}, max batch {summary['max_batch']}) in {summary['repo']}")
+               f"{opts.platform}/{opts.kind}, max batch {summary['max_batch']}) in {summary['repo']}")
     click.echo(f"Classifier artifact: {summary['artifact']}, {summary['instances']} instance(s)"
                + (f" x {summary['threads_per_instance']} ONNX Runtime threads"
                   if summary["threads_per_instance"] else ""))
@@ -97,33 +87,20 @@ BACKEND_ENV_HELP = ("The local server's Python environment, made by `rtk triton-
 @click.option("--exit-timeout", default=10, show_default=True, type=click.IntRange(min=0),
               help="Seconds Triton lets in-flight requests finish after Ctrl-C or SIGTERM.")
 @click.option("--backend-env", type=click.Path(), help=BACKEND_ENV_HELP)
-def serve(repo, http_port, grpc_port, metrics_port, address, timeout, quiet, load_models,
-          exit_timeout, backend_env):
+@handled
+def serve(repo, timeout, quiet, **options):
     """Run a real Triton server on REPO (a folder, or s3://... that Triton reads) until Ctrl-C.
 
     A model whose backend process dies (e.g. killed for memory) is reloaded within seconds;
     meanwhile Triton answers not ready on /v2/health/ready and on the model's ready endpoint.
     """
-    from .common import handled
-
-    handled(_serve)(repo, http_port, grpc_port, metrics_port, address, timeout, quiet,
-                    load_models, exit_timeout, backend_env)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _serve(repo, http_port, grpc_port, metrics_port, address, timeout, quiet, load_models=(),
-           exit_timeout=10, backend_env=None):
     from ..core.errors import RtkError
     from ..triton.server import TritonServer
 
     log = None if quiet else (lambda line: click.echo(line, err=True))
     # The watchdog's reload notices are printed even with --quiet: they are rtk's, not Triton's.
-    server = TritonServer(repo, http_port, grpc_port, metrics_port, address, log=log,
-                          exit_timeout=exit_timeout, notify=lambda line: click.echo(line, err=True),
-                          load_models=load_models, backend_env=backend_env)
+    server = TritonServer(repo, log=log, notify=lambda line: click.echo(line, err=True),
+                          **options)
     # `docker stop`, `kill` and Ctrl-C all stop cleanly; SIGINT is installed explicitly because a
     # shell's background job starts with it ignored, and then Python never raises KeyboardInterrupt.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -145,6 +122,10 @@ def _serve(repo, http_port, grpc_port, metrics_port, address, timeout, quiet, lo
             signal.signal(sig, handler)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _announce(server) -> None:
     ep = server.endpoints
     models = [m["name"] for m in server.models() if m.get("state") == "READY"]
@@ -163,6 +144,7 @@ def _announce(server) -> None:
               help="Interpreter to base it on (default: this one); needs a shared libpython.")
 @click.option("--force", is_flag=True, help="Delete and rebuild an existing environment.")
 @click.option("--check", "check_only", is_flag=True, help="Only check it; create nothing.")
+@handled
 def triton_env(path, python, force, check_only):
     """Make the local Triton server's Python environment at PATH, or bring it up to date.
 
@@ -171,12 +153,6 @@ def triton_env(path, python, force, check_only):
     to $RTK_TRITON_ENV, else beside rtk's venv (.venv -> .venv-triton), where `rtk serve`,
     `rtk tune` and the tests look for it. Not needed in the NGC Triton image.
     """
-    from .common import handled
-
-    handled(_triton_env)(path, python, force, check_only)
-
-
-def _triton_env(path, python, force, check_only):
     from ..triton import backend_env
 
     echo = lambda m: click.echo(m, err=True)  # noqa: E731 - stdout holds the result

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .bench import int_list
+from .common import INT_LIST, handled
 from .triton import BACKEND_ENV_HELP
 
 
@@ -19,7 +19,7 @@ from .triton import BACKEND_ENV_HELP
                    "onnxruntime on gpu).")
 @click.option("--budget-minutes", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Search time; the search stops before a candidate that would overrun it.")
-@click.option("--concurrency", default="1,4,8", show_default=True,
+@click.option("--concurrency", default="1,4,8", show_default=True, type=INT_LIST,
               help="Client concurrencies measured for every candidate.")
 @click.option("--seconds", default=5.0, show_default=True, type=click.FloatRange(min=0.5),
               help="Seconds of load per candidate and concurrency.")
@@ -30,20 +30,13 @@ from .triton import BACKEND_ENV_HELP
 @click.option("--name", help="Ensemble name (default: the run folder's name).")
 @click.option("--backend-env", type=click.Path(), help=BACKEND_ENV_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def tune(run_dir, p99_ms, kind, platform, budget_minutes, concurrency, seconds, out, repo, name,
-         backend_env, as_json):
+@handled
+def tune(run_dir, as_json, **options):
     """Find the fastest trusted Triton deployment of RUN_DIR whose p99 meets --p99-ms."""
-    from .common import handled
-
-    handled(_tune)(run_dir, as_json, p99_ms=p99_ms, kind=kind, platform=platform,
-                   budget_minutes=budget_minutes, concurrency=int_list(concurrency), seconds=seconds,
-                   out=out, repo=repo, name=name, backend_env=backend_env)
-
-
-def _tune(run_dir, as_json, **options):
     from ..core.bundle import Bundle
     from ..tune import TuneOptions, tune as run_tune
     from ..tune.report import write
+    from .report import refreshed
 
     opts = TuneOptions(**options)
     echo = lambda m: click.echo(m, err=True)  # noqa: E731 - stdout holds the result
@@ -51,8 +44,6 @@ def _tune(run_dir, as_json, **options):
          f"({opts.budget_minutes:g} min budget)...")
     result = run_tune(Bundle.load(run_dir), opts, echo=echo)
     paths = write(result, opts.out)
-    from .report import refreshed
-
     refreshed(run_dir, tune=opts.out)
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))
@@ -63,6 +54,6 @@ def _tune(run_dir, as_json, **options):
                    f"({result['default']['throughput']:.1f} images/s).")
     if result.get("serve"):
         c = result["chosen"]
-        click.echo(f"Chosen: {c['artifact']}, max batch {c['max_batch']}, {c['instances']} "
+        click.echo(f"Chosen: {c['artifact']}, max batch {c['max_batch_size']}, {c['instances']} "
                    f"instance(s), delay {c['queue_delay_us']} us. Serve it with: {result['serve']}")
     click.echo(f"Report: {paths[0]}")

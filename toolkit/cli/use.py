@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .common import BACKENDS
+from .common import BACKENDS, handled
 
 
 def backend_options(fn):
@@ -23,7 +23,7 @@ def backend_options(fn):
     return fn
 
 
-def _triton_opts(backend, url, protocol, tensors) -> dict:
+def _triton_opts(backend, *, url, protocol, tensors) -> dict:
     if backend != "triton":
         return {}
     return {"url": url, "protocol": protocol, "send_bytes": not tensors}
@@ -35,21 +35,16 @@ def _triton_opts(backend, url, protocol, tensors) -> dict:
 @backend_options
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
+@handled
 def eval_cmd(run_dir, data_dir, backend, device, url, protocol, tensors, batch_size, as_json):
     """Accuracy of RUN_DIR's model on DATA_DIR (default: the run's validation split)."""
-    from .common import handled
-
-    handled(_eval)(run_dir, data_dir, backend, device, url, protocol, tensors, batch_size, as_json)
-
-
-def _eval(run_dir, data_dir, backend, device, url, protocol, tensors, batch_size, as_json):
     from ..core.bundle import Bundle
-    from ..evaluate import evaluate
     from ..core.metrics import weakest
+    from ..evaluate import evaluate
 
     bundle = Bundle.load(run_dir)
-    result = evaluate(bundle, data_dir, backend, device, batch_size, progress=not as_json,
-                      **_triton_opts(backend, url, protocol, tensors))
+    result = evaluate(bundle, data_dir, backend, device=device, batch_size=batch_size, progress=not as_json,
+                      **_triton_opts(backend, url=url, protocol=protocol, tensors=tensors))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -67,19 +62,14 @@ def _eval(run_dir, data_dir, backend, device, url, protocol, tensors, batch_size
 @backend_options
 @click.option("--topk", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
+@handled
 def predict(run_dir, images, backend, device, url, protocol, tensors, topk, as_json):
     """Top-k labels with probabilities for each image."""
-    from .common import handled
-
-    handled(_predict)(run_dir, images, backend, device, url, protocol, tensors, topk, as_json)
-
-
-def _predict(run_dir, images, backend, device, url, protocol, tensors, topk, as_json):
     from ..core.bundle import Bundle
     from ..evaluate import predict as run_predict
 
-    results = run_predict(Bundle.load(run_dir), images, backend, device, topk,
-                          **_triton_opts(backend, url, protocol, tensors))
+    results = run_predict(Bundle.load(run_dir), images, backend, device=device, topk=topk,
+                          **_triton_opts(backend, url=url, protocol=protocol, tensors=tensors))
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return

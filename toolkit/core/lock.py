@@ -12,10 +12,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import functools
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from .errors import RtkError
 
@@ -48,11 +47,3 @@ def bundle_lock(root: str | os.PathLike, command: str = "rtk") -> Iterator[None]
         if fd is not None:
             os.close(fd)  # releases the lock
 
-
-def locked(fn: Callable, command: str) -> Callable:
-    """fn(run_dir, ...) run under run_dir's writer lock (taken before the manifest is read)."""
-    @functools.wraps(fn)
-    def run(run_dir, *args, **kwargs):
-        with bundle_lock(run_dir, command):
-            return fn(run_dir, *args, **kwargs)
-    return run

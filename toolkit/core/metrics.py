@@ -46,7 +46,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def parity(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray,
-           tie_margin: float = TIE_MARGIN) -> dict[str, float]:
+           *, tie_margin: float = TIE_MARGIN) -> dict[str, float]:
     """How far a candidate's logits are from the reference's on the same images.
 
     The top-1 delta comes with a 95% confidence interval (paired, normal approximation), and

@@ -107,7 +107,7 @@ def trivial_augment(x, generator):
     return x.round_()
 
 
-def random_erasing(x, p: float, generator, scale=(0.02, 0.33), ratio=(0.3, 3.3)):
+def random_erasing(x, p: float, generator, *, scale=(0.02, 0.33), ratio=(0.3, 3.3)):
     """RandomErasing (value 0, after normalisation, as on the CPU path) on an NCHW batch, in place:
     torchvision's ten tries per image, drawn at once; an image none of whose tries fits is
     left as it is, as there."""

@@ -103,7 +103,7 @@ class DeviceLoader:
     `transform(images, generator)` gets a CPU generator seeded by (epoch seed, batch, rank),
     so a batch's augmentation does not depend on the batches skipped by a resume."""
 
-    def __init__(self, loader, transform: Callable, device: str, rank: int = 0):
+    def __init__(self, loader, transform: Callable, device: str, *, rank: int = 0):
         self.loader, self.transform, self.device, self.rank = loader, transform, device, rank
         self.epoch_seed, self.decoded_by_pil = 0, 0
         self._stream = None

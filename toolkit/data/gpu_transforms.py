@@ -65,7 +65,7 @@ def _fixed_point(acc):
     return (acc + (1 << (_BITS - 1))).mul_(2.0 ** -_BITS).floor_().clamp_(0, 255)
 
 
-def _horizontal_first(h: int, w: int, new_h: int, new_w: int) -> bool:
+def _horizontal_first(h: int, w: int, new_h: int, *, new_w: int) -> bool:
     """Pillow's pass order; from Pillow 13 the vertical pass runs first when the height
     shrinks more than twice as much as the width (the rounding between passes differs)."""
     from PIL import __version__
@@ -92,7 +92,7 @@ def resize_crop_exact(img, new_h: int, new_w: int, top: int, left: int, crop: in
             return x[..., top:top + crop, :]
         return _fixed_point(_weights(h, new_h, dev)[top:top + crop] @ x)
 
-    if _horizontal_first(h, w, new_h, new_w):
+    if _horizontal_first(h, w, new_h, new_w=new_w):
         return vertical(horizontal(x)).to(torch.uint8)
     return horizontal(vertical(x)).to(torch.uint8)
 
@@ -145,7 +145,7 @@ class EvalBatch:
 
 
 def crop_boxes(sizes: list[tuple[int, int]], scale: tuple[float, float], generator,
-               ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> list[tuple[int, int, int, int]]:
+               *, ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> list[tuple[int, int, int, int]]:
     """RandomResizedCrop's (top, left, height, width) per image: torchvision's algorithm (ten
     tries, then a central crop), with every try drawn at once from `generator`."""
     import torch
@@ -209,7 +209,7 @@ def hue_matrices(hue):
     return torch.linalg.inv(yiq) @ rot @ yiq
 
 
-def color_jitter(x, factors, order, hue=None):
+def color_jitter(x, factors, order, *, hue=None):
     """ColorJitter on a 0..255 float NCHW batch: `factors` (N, 3) are each image's brightness,
     contrast and saturation, `hue` its (N, 3, 3) hue matrix or None; `order` is the batch's
     order of the four adjustments (torchvision draws one per image)."""
@@ -262,7 +262,7 @@ class TrainBatch:
         if spec["jitter"]:
             order = torch.randperm(4, generator=generator).tolist()
             hue = _to_device(hue_matrices(host[:, 5]), x.device) if spec["jitter"][3] else None
-            x = color_jitter(x.float(), params[:, 2:5], order, hue)
+            x = color_jitter(x.float(), params[:, 2:5], order, hue=hue)
         if spec.get("policy"):  # torchvision's policy, batched: see toolkit.data.gpu_augment
             x = trivial_augment(x.float(), generator)
         x = self.normalize(x)

@@ -131,8 +131,8 @@ def training_loaders(train: Sequence, val: Sequence, pre: Preprocess, *, augment
     val_loader = make_loader(val_ds, max(batch_size, 32), shuffle=False, device=device,
                              seed=seed, world=world, **extra)
     if on_device:
-        train_loader = DeviceLoader(train_loader, TrainBatch(pre, augment), device, rank)
-        val_loader = DeviceLoader(val_loader, EvalBatch(pre), device, rank)
+        train_loader = DeviceLoader(train_loader, TrainBatch(pre, augment), device, rank=rank)
+        val_loader = DeviceLoader(val_loader, EvalBatch(pre), device, rank=rank)
     return train_loader, val_loader, sampler
 
 

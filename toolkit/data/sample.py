@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.errors import require
+from ..core.errors import RtkError, require
 
 
 def write_digits(out: str | Path, size: int = 32, per_class: int | None = None) -> Path:
     """Write the 1,797 8x8 UCI digits as `size`-pixel grayscale PNGs in class folders."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise RtkError(f"{out} is a file, not a folder.", "Pass a folder for the class subfolders.")
     datasets = require("sklearn.datasets", "sample")
     import numpy as np
     from PIL import Image

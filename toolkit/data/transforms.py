@@ -28,7 +28,7 @@ AUGMENT: dict[str, dict[str, Any] | None] = {
 
 
 def recipe(resize: int = 232, crop: int = 224, image_size: int | None = None,
-           source: str = "IMAGENET1K_V2") -> Preprocess:
+           *, source: str = "IMAGENET1K_V2") -> Preprocess:
     """The weights' eval recipe; `image_size` sets the crop and scales the resize with it."""
     if image_size is not None and image_size != crop:
         resize, crop = round(image_size * resize / crop), image_size

@@ -49,12 +49,12 @@ def serve_args(plan: Plan, repository: str, ports: dict[str, int] = PORTS) -> li
 
 def probes(port: str = "http") -> dict[str, Any]:
     """Startup waits for the models; then readiness gates traffic and liveness restarts a hang."""
-    def get(path: str, period: int, failures: int, timeout: int) -> dict[str, Any]:
+    def get(path: str, period: int, failures: int, *, timeout: int) -> dict[str, Any]:
         return {"httpGet": {"path": path, "port": port}, "periodSeconds": period,
                 "failureThreshold": failures, "timeoutSeconds": timeout}
-    return {"startupProbe": get("/v2/health/ready", STARTUP_PERIOD_S, STARTUP_FAILURES, 5),
-            "readinessProbe": get("/v2/health/ready", READY_PERIOD_S, READY_FAILURES, 2),
-            "livenessProbe": get("/v2/health/live", 10, 6, 5)}
+    return {"startupProbe": get("/v2/health/ready", STARTUP_PERIOD_S, STARTUP_FAILURES, timeout=5),
+            "readinessProbe": get("/v2/health/ready", READY_PERIOD_S, READY_FAILURES, timeout=2),
+            "livenessProbe": get("/v2/health/live", 10, 6, timeout=5)}
 
 
 def s3_env(plan: Plan) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ def out_dir(plan: Plan) -> str:
     return f"{SHARED}/runs/{plan.app}"
 
 
-def torchrun_args(plan: Plan, node_rank_env: str, master_addr: str, master_port: int) -> list[str]:
+def torchrun_args(plan: Plan, node_rank_env: str, master_addr: str, *, master_port: int) -> list[str]:
     """Static rendezvous: a fixed set of pods; Kubernetes, not torchrun, replaces a lost one.
 
     With --max-restarts=0 a failure anywhere ends every pod's torchrun, the pods restart, and
@@ -47,12 +47,12 @@ def torchrun_args(plan: Plan, node_rank_env: str, master_addr: str, master_port:
             f"--master-port={master_port}", "--rdzv-backend=static", "--max-restarts=0"]
 
 
-def launch_script(plan: Plan, node_rank_env: str, master_addr: str, master_port: int) -> str:
+def launch_script(plan: Plan, node_rank_env: str, master_addr: str, *, master_port: int) -> str:
     device = "cuda" if plan.kind == "gpu" else "cpu"
     finetune = ["-m", "toolkit", "finetune", DATA_DIR, '--out "$RTK_OUT"',
                 *map(shlex.quote, plan.finetune_args), f"--device {device}", "--no-progress",
                 "$resume"]
-    lines = torchrun_args(plan, node_rank_env, master_addr, master_port) + [" ".join(finetune)]
+    lines = torchrun_args(plan, node_rank_env, master_addr, master_port=master_port) + [" ".join(finetune)]
     return RESUME + "exec " + " \\\n  ".join(lines) + "\n"
 
 
@@ -65,7 +65,7 @@ def _resources(plan: Plan) -> dict[str, Any]:
             "limits": {"cpu": str(2 * n), "memory": f"{4 * n}Gi"}}
 
 
-def _pod_spec(plan: Plan, name: str, script: str, port: tuple[str, int]) -> dict[str, Any]:
+def _pod_spec(plan: Plan, name: str, script: str, *, port: tuple[str, int]) -> dict[str, Any]:
     container = {
         "name": name, "image": plan.train_image, "imagePullPolicy": "IfNotPresent",
         "command": ["/bin/sh", "-c", script],
@@ -94,9 +94,9 @@ def pytorch_job(plan: Plan) -> dict[str, Any]:
     """Master + (nodes - 1) workers; the operator names the master's Service <job>-master-0."""
     name = f"{plan.app}-finetune"
     # the operator sets PET_NODE_RANK (0 for the master, i + 1 for worker i) in every pod
-    script = launch_script(plan, "PET_NODE_RANK", f"{name}-master-0", OPERATOR_PORT[1])
+    script = launch_script(plan, "PET_NODE_RANK", f"{name}-master-0", master_port=OPERATOR_PORT[1])
     template = {"metadata": {"labels": pod.labels(plan, "training")},
-                "spec": _pod_spec(plan, "pytorch", script, OPERATOR_PORT)}  # the operator's names
+                "spec": _pod_spec(plan, "pytorch", script, port=OPERATOR_PORT)}  # the operator's names
     replicas = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template}}
     if plan.nodes > 1:
         replicas["Worker"] = {"replicas": plan.nodes - 1, "restartPolicy": "OnFailure",
@@ -121,8 +121,8 @@ def headless_service(plan: Plan) -> dict[str, Any]:
 def indexed_job(plan: Plan) -> dict[str, Any]:
     """One pod per node; index 0 hosts the rendezvous; a preempted pod is replaced, not counted."""
     name = f"{plan.app}-finetune"
-    script = launch_script(plan, "JOB_COMPLETION_INDEX", f"{name}-0.{name}", JOB_PORT[1])
-    spec = {**_pod_spec(plan, "finetune", script, JOB_PORT), "subdomain": name,
+    script = launch_script(plan, "JOB_COMPLETION_INDEX", f"{name}-0.{name}", master_port=JOB_PORT[1])
+    spec = {**_pod_spec(plan, "finetune", script, port=JOB_PORT), "subdomain": name,
             "restartPolicy": "Never"}
     return {"apiVersion": "batch/v1", "kind": "Job",
             "metadata": pod.metadata(plan, name, "training"),

@@ -35,7 +35,7 @@ class ExportOptions:
 
 
 def export(bundle: Bundle, opts: ExportOptions, echo: Callable = print,
-           progress: bool = False) -> list[dict[str, Any]]:
+           *, progress: bool = False) -> list[dict[str, Any]]:
     """Make the requested artifacts, gate each one, record all in the manifest.
 
     Returns the parity table; raises GateFailed (after recording) if any artifact failed.
@@ -44,7 +44,7 @@ def export(bundle: Bundle, opts: ExportOptions, echo: Callable = print,
     from .staging import staged
 
     with staged(bundle) as stage:
-        rows, int8_note = _export(stage, opts, echo, progress)
+        rows, int8_note = _export(stage, opts, echo, progress=progress)
     failed = [r["artifact"] for r in rows if not r["passed"]]
     if failed:
         hint = ("See the parity table above. Re-export, or adjust the tolerance flags "
@@ -59,7 +59,7 @@ def export(bundle: Bundle, opts: ExportOptions, echo: Callable = print,
 
 
 def _export(bundle: Bundle, opts: ExportOptions, echo: Callable,
-            progress: bool) -> tuple[list[dict], str | None]:
+            *, progress: bool) -> tuple[list[dict], str | None]:
     from .onnx_export import export_onnx, io_spec
     from .precision import to_fp16
 
@@ -92,29 +92,29 @@ def _export(bundle: Bundle, opts: ExportOptions, echo: Callable,
         else:
             _build_plan(bundle, opts)
             made.append(("model.fp16.plan", "tensorrt", "fp16"))
-    gate = Gate(bundle, opts, echo, progress)
+    gate = Gate(bundle, opts, echo, progress=progress)
     rows = [gate.check(*m) for m in made]
     int8, note = next((i for i, m in enumerate(made) if m[0] == "model.int8.onnx"), None), None
     if int8 is not None:
-        note = _int8_verdict(bundle, opts, gate, rows, int8, echo)
+        note = _int8_verdict(bundle, opts, gate, rows=rows, i=int8, echo=echo)
     bundle.update(export=ExportRecord(parity=tuple(rows), data=opts.data_dir or "validation split"))
     bundle.save()
     return rows, note
 
 
-def _int8_verdict(bundle: Bundle, opts: ExportOptions, gate: "Gate", rows: list[dict], i: int,
+def _int8_verdict(bundle: Bundle, opts: ExportOptions, gate: "Gate", *, rows: list[dict], i: int,
                   echo: Callable) -> str | None:
     """Search when the single shot failed (auto), else time it; None or why nothing passed."""
     from .int8 import int8_speed, search_int8
 
     if not rows[i]["passed"] and opts.int8_search == "auto":
         echo("model.int8.onnx failed its gate: searching for an INT8 configuration that passes...")
-        note = search_int8(bundle, opts, gate, rows[i], echo)
+        note = search_int8(bundle, opts, gate, first_row=rows[i], echo=echo)
         rows[i] = {**bundle.entry("model.int8.onnx").parity,
                    "artifact": "model.int8.onnx"}
         return note
     path = bundle.path("model.int8.onnx")
-    bundle.update_artifact("model.int8.onnx", speed=int8_speed(bundle, path, path, echo))
+    bundle.update_artifact("model.int8.onnx", speed=int8_speed(bundle, path, path, echo=echo))
     bundle.save()
     return None
 
@@ -133,7 +133,7 @@ def _build_plan(bundle: Bundle, opts: ExportOptions) -> None:
 
     crop = bundle.preprocessing.crop
     info = build_engine(bundle.path("model.fp16.onnx"), bundle.path("model.fp16.plan"),
-                        bundle.manifest.input.name, (crop, crop, 3), opts.max_batch,
+                        bundle.manifest.input.name, hwc=(crop, crop, 3), max_batch=opts.max_batch,
                         opt_batch=opts.opt_batch, cache_path=bundle.path("tensorrt.timing.cache"))
     bundle.record_artifact("model.fp16.plan", parent="model.fp16.onnx", **PENDING, precision="fp16",
                            io=bundle.entry("model.fp16.onnx").io, **info)
@@ -142,7 +142,7 @@ def _build_plan(bundle: Bundle, opts: ExportOptions) -> None:
 class Gate:
     """The accuracy gate for one export: held-out images and the PyTorch reference, computed once."""
 
-    def __init__(self, bundle: Bundle, opts: ExportOptions, echo: Callable, progress: bool):
+    def __init__(self, bundle: Bundle, opts: ExportOptions, echo: Callable, *, progress: bool):
         from ..backends import open_backend
         from ..backends.run import folder_samples, run_backend, validation_samples
 
@@ -151,13 +151,15 @@ class Gate:
         self.paths, self.labels = [p for p, _ in samples], np.array([y for _, y in samples])
         echo(f"Checking artifacts against PyTorch on {len(self.paths)} held-out images...")
         with open_backend("torch", bundle, "cpu") as ref_backend:
-            self.reference = run_backend(ref_backend, self.paths, bundle.preprocessing, 32, progress)
+            self.reference = run_backend(ref_backend, self.paths, bundle.preprocessing, batch_size=32,
+                                         progress=progress)
 
     def check(self, artifact: str, backend: str, precision: str) -> dict:
         """Judge one artifact and record the verdict (trusted or not) in the manifest."""
         device = "cuda" if backend == "tensorrt" else self.opts.device
-        row = judge(measure(self.bundle, backend, device, self.paths, self.labels, self.reference,
-                            self.progress), precision, self.opts.tolerances)
+        row = judge(measure(self.bundle, backend, device, paths=self.paths, labels=self.labels,
+                            reference=self.reference, progress=self.progress),
+                    precision, self.opts.tolerances)
         return self.record(artifact, row)
 
     def record(self, artifact: str, row: dict) -> dict:

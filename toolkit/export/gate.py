@@ -20,8 +20,8 @@ class Tolerances:
     """
 
     fp32_agreement: float = 0.999   # fraction of images with the same top-1 as PyTorch
-    fp16_top1_delta: float = 0.3    # accuracy points lost at most
-    int8_top1_delta: float = 1.0
+    fp16_delta: float = 0.3         # accuracy points lost at most
+    int8_delta: float = 1.0
     fp16_agreement: float = 0.99
     int8_agreement: float = 0.95
 
@@ -29,8 +29,8 @@ class Tolerances:
         if precision == "fp32":
             return {"agreement": self.fp32_agreement}
         if precision == "fp16":
-            return {"top1_delta_points": self.fp16_top1_delta, "agreement": self.fp16_agreement}
-        return {"top1_delta_points": self.int8_top1_delta, "agreement": self.int8_agreement}
+            return {"top1_delta_points": self.fp16_delta, "agreement": self.fp16_agreement}
+        return {"top1_delta_points": self.int8_delta, "agreement": self.int8_agreement}
 
 
 def judge(row: dict[str, Any], precision: str, tol: Tolerances) -> dict[str, Any]:
@@ -63,12 +63,12 @@ def resolution_warnings(n: int, limits: dict[str, float]) -> list[str]:
     return warnings
 
 
-def measure(bundle, backend_name: str, device: str, paths: Sequence[Path], labels: np.ndarray,
+def measure(bundle, backend_name: str, device: str, *, paths: Sequence[Path], labels: np.ndarray,
             reference: np.ndarray, progress: bool = False) -> dict[str, Any]:
     """Parity of one backend (artifacts opened even if not yet trusted) against `reference`."""
     from ..backends import open_backend
     from ..backends.run import run_backend
 
     with open_backend(backend_name, bundle, device, trusted_only=False) as backend:
-        logits = run_backend(backend, paths, bundle.preprocessing, 32, progress)
+        logits = run_backend(backend, paths, bundle.preprocessing, batch_size=32, progress=progress)
     return {"backend": backend_name, "device": device, **parity(reference, logits, labels)}

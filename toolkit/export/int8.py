@@ -93,8 +93,9 @@ class Quantizer:
         if cache is None or not cache.is_file():
             images = _load(self.order[:cfg.calib_size], self.pre)
             calib = (images[i:i + 16] for i in range(0, len(images), 16))
-        return to_int8(self.prepared, dst, calib, self.name, self.opts.int8_scheme, cfg.method,
-                       cfg.per_channel, cfg.exclude, cache)
+        return to_int8(self.prepared, dst, calib, input_name=self.name, scheme=self.opts.int8_scheme,
+                       method=cfg.method, per_channel=cfg.per_channel, exclude=cfg.exclude,
+                       cache=cache)
 
 
 def export_int8(bundle: Bundle, opts, echo: Callable = print) -> dict:
@@ -111,7 +112,7 @@ def export_int8(bundle: Bundle, opts, echo: Callable = print) -> dict:
                        "held_out_looks": 1}}
 
 
-def search_int8(bundle: Bundle, opts, gate, first_row: dict, echo: Callable = print) -> str | None:
+def search_int8(bundle: Bundle, opts, gate, *, first_row: dict, echo: Callable = print) -> str | None:
     """After the single shot failed the held-out gate: search, consult the gate at most
     MAX_LOOKS times in all, keep the best graph. Returns None if it passed, else why not."""
     artifact = "model.int8.onnx"
@@ -136,7 +137,7 @@ def search_int8(bundle: Bundle, opts, gate, first_row: dict, echo: Callable = pr
             chosen = search(s, q.first)
             if not s.ok(chosen):
                 break  # nothing new passed the probe within the budget: no look to spend
-            row = _look(bundle, gate, chosen, looks + 1, echo)
+            row = _look(bundle, gate, chosen, look=looks + 1, echo=echo)
             looks += 1
             if row["passed"]:
                 break
@@ -145,15 +146,15 @@ def search_int8(bundle: Bundle, opts, gate, first_row: dict, echo: Callable = pr
         if final is not judged[-1]:  # the best look was not the last: put it back, its verdict too
             _place(bundle, final)
             gate.record(artifact, final["held_out"]["row"])
-        speed = int8_speed(bundle, single, final["path"], echo)
-    _record(bundle, opts, s, final, looks, speed)
+        speed = int8_speed(bundle, single, final["path"], echo=echo)
+    _record(bundle, opts, s, final=final, looks=looks, speed=speed)
     echo(f"INT8 search: {'chose' if final['held_out']['passed'] else 'nothing passed; best was'} "
          f"{final['label']} after {len(s.trials)} trial(s) and {looks} held-out look(s)"
          + (f"; kept in float: {', '.join(final['cfg'].exclude)}" if final["cfg"].exclude else ""))
-    return None if final["held_out"]["passed"] else _failure(s, final, looks, opts, q.split)
+    return None if final["held_out"]["passed"] else _failure(s, final, looks, opts=opts, split=q.split)
 
 
-def _look(bundle: Bundle, gate, trial: dict, look: int, echo: Callable) -> dict:
+def _look(bundle: Bundle, gate, trial: dict, *, look: int, echo: Callable) -> dict:
     """Put the trial's graph in place and ask the held-out gate (one look)."""
     _place(bundle, trial)
     row = gate.check("model.int8.onnx", "onnxruntime-int8", "int8")
@@ -182,7 +183,7 @@ def _verdict(row: dict) -> dict:
             "score": (row["confident_agreement"], -row["top1_delta_points"]), "row": row}
 
 
-def _record(bundle: Bundle, opts, s: Search, final: dict, looks: int, speed: dict) -> None:
+def _record(bundle: Bundle, opts, s: Search, *, final: dict, looks: int, speed: dict) -> None:
     """The chosen (or best refused) graph's manifest fields: search, looks, nodes in float."""
     trials = [{k: v for k, v in t.items() if k not in ("cfg", "path", "info")} for t in s.trials]
     for t in trials:
@@ -199,7 +200,7 @@ def _record(bundle: Bundle, opts, s: Search, final: dict, looks: int, speed: dic
     bundle.save()
 
 
-def _failure(s: Search, best: dict, looks: int, opts, split: Split) -> str:
+def _failure(s: Search, best: dict, looks: int, *, opts, split: Split) -> str:
     """Why nothing passed, the best graph's held-out numbers and the next thing to try."""
     h = best["held_out"]
     said = (f"INT8: no configuration passed the held-out gate ({len(s.trials)} of "
@@ -220,7 +221,7 @@ def _failure(s: Search, best: dict, looks: int, opts, split: Split) -> str:
     return f"{said} Next: {step}."
 
 
-def int8_speed(bundle: Bundle, single: Path, chosen: Path, echo: Callable = print) -> dict:
+def int8_speed(bundle: Bundle, single: Path, chosen: Path, *, echo: Callable = print) -> dict:
     """Images/s at batch 8 of FP32, the single-shot INT8 and the chosen INT8 graph, measured
     interleaved in one run; the ratios are what keeping nodes in float cost."""
     crop = bundle.preprocessing.crop

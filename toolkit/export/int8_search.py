@@ -76,17 +76,17 @@ class Search:
         cache = self.work / f"calib-{cfg.method}-{cfg.calib_size}.json"
         start = time.perf_counter()
         info = self.quantize(cfg, path, cache if _has_cache_option() else None)
-        return self._judge(cfg, path, info, start)
+        return self._judge(cfg, path, info, start=start)
 
     def adopt(self, cfg: Int8Config, path: Path, info: dict) -> dict:
         """Record a graph quantized elsewhere with `cfg` (the single shot) as a trial."""
-        return self._judge(cfg, path, info, time.perf_counter())
+        return self._judge(cfg, path, info, start=time.perf_counter())
 
     def ok(self, trial: dict) -> bool:
         """Passed the probe and was not refused by the held-out gate."""
         return trial["passed"] and trial.get("held_out", {}).get("passed", True)
 
-    def _judge(self, cfg: Int8Config, path: Path, info: dict, start: float) -> dict:
+    def _judge(self, cfg: Int8Config, path: Path, info: dict, *, start: float) -> dict:
         logits = run_graph(path, self.input_name, self.probe.images)
         row = judge(parity(self.probe.reference, logits, self.probe.labels), "int8",
                     stricter(self.tolerances))
@@ -110,7 +110,7 @@ class Search:
 def stricter(tol: Tolerances, share: float = 0.5) -> Tolerances:
     """The gate's INT8 limits with only `share` of their slack: the probe is another sample of
     images than the held-out set, so a configuration that only just passes there may not."""
-    return replace(tol, int8_top1_delta=tol.int8_top1_delta * share,
+    return replace(tol, int8_delta=tol.int8_delta * share,
                    int8_agreement=1 - (1 - tol.int8_agreement) * share)
 
 
@@ -139,15 +139,15 @@ def search(s: Search, first: Int8Config) -> dict:
         if s.ok(best):
             return best
         base = replace(best["cfg"], exclude=())
-    return _fallback(s, base, best, score)
+    return _fallback(s, base, best, score=score)
 
 
-def _fallback(s: Search, base: Int8Config, best: dict, score: Callable) -> dict:
+def _fallback(s: Search, base: Int8Config, best: dict, *, score: Callable) -> dict:
     """Keep the top-k most sensitive nodes in float, k = 1, 2, 4...; then the fewest that pass."""
     if base not in s.groups:
         trial = next(t for t in s.trials if t["cfg"] == base)
         s.groups[base] = sensitive_groups(trial["path"], s.prepared, s.input_name,
-                                          s.probe.images[:8])
+                                          images=s.probe.images[:8])
         s.echo("  Most sensitive activations: "
                + ", ".join(g["tensor"] for g in s.groups[base][:5]))
     groups = s.groups[base]
@@ -178,7 +178,7 @@ def _nodes(groups: list[dict]) -> tuple[str, ...]:
 
 
 def sensitive_groups(qdq_path: Path, float_path: Path, input_name: str,
-                     images: np.ndarray) -> list[dict]:
+                     *, images: np.ndarray) -> list[dict]:
     """Quantized activations ranked by the share of their channels that quantization destroys.
 
     Each activation of the *float* graph is quantized and dequantized with the scale and zero
@@ -221,7 +221,7 @@ def sensitive_groups(qdq_path: Path, float_path: Path, input_name: str,
     tapped = qdq_path.with_suffix(".tapped.onnx")
     onnx.save(model, str(tapped))
     try:
-        values = dict(zip(names, run_graph(tapped, input_name, images, names)))
+        values = dict(zip(names, run_graph(tapped, input_name, images, outputs=names)))
     finally:
         tapped.unlink()
     groups = []
@@ -256,7 +256,7 @@ def _session(path: Path):
                                 providers=["CPUExecutionProvider"])
 
 
-def run_graph(path: Path, input_name: str, images: np.ndarray, outputs=None, batch: int = 32):
+def run_graph(path: Path, input_name: str, images: np.ndarray, *, outputs=None, batch: int = 32):
     """Outputs of an ONNX graph on uint8 images, batched (first output unless named)."""
     session = _session(path)
     chunks = [session.run(outputs, {input_name: images[i:i + batch]})
@@ -266,7 +266,7 @@ def run_graph(path: Path, input_name: str, images: np.ndarray, outputs=None, bat
 
 
 def images_per_second(paths: dict[str, Path], input_name: str, batch: np.ndarray,
-                      rounds: int = 4, seconds: float = 0.4) -> dict[str, float]:
+                      *, rounds: int = 4, seconds: float = 0.4) -> dict[str, float]:
     """Images/s of each graph on one batch, interleaved round by round (A, B, C, A, B, C...)
     so all see the same machine load; the median round of each."""
     sessions = {k: _session(p) for k, p in paths.items()}

@@ -80,7 +80,7 @@ def preprocessing_nodes(path: Path) -> list[str]:
     return prefix
 
 
-def to_int8(prepared: Path, dst: Path, calibration: Iterator[np.ndarray] | None, input_name: str,
+def to_int8(prepared: Path, dst: Path, calibration: Iterator[np.ndarray] | None, *, input_name: str,
             scheme: str = "cpu", method: str = "minmax", per_channel: bool = True,
             exclude: tuple[str, ...] = (), cache: Path | None = None) -> dict:
     """Static INT8 in Q/DQ form, int8 symmetric weights, calibrated on real images.

@@ -25,7 +25,7 @@ def gpu_info() -> dict:
     return {"gpu": found["gpu"], "compute_capability": found["compute_capability"]}
 
 
-def build_engine(onnx_path: Path, plan_path: Path, input_name: str, hwc: tuple[int, int, int],
+def build_engine(onnx_path: Path, plan_path: Path, input_name: str, *, hwc: tuple[int, int, int],
                  max_batch: int, opt_batch: int | None = None, cache_path: Path | None = None,
                  workspace_gib: float = 4.0) -> dict:
     """Build a strongly typed engine with one optimization profile (1 / opt / max_batch).

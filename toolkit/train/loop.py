@@ -68,7 +68,7 @@ def warmup_cosine(optimizer, total_steps: int, warmup_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_optimizer(params, lr: float, weight_decay: float, device: str):
+def make_optimizer(params, lr: float, weight_decay: float, *, device: str):
     """AdamW; on CUDA the fused kernel (one launch for every parameter, not one per tensor)."""
     import torch
 
@@ -171,7 +171,7 @@ def optimizer_steps(batches: int, accumulate: int) -> int:
     return -(-batches // max(1, accumulate))
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, rt: Runtime, *,
+def train_one_epoch(model, loader, optimizer, *, scheduler, scaler, rt: Runtime,
                     skip_batches: int = 0, on_batch=None,
                     totals: dict[str, Any] | None = None,
                     options: StepOptions | None = None) -> dict[str, float]:

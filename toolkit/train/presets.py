@@ -70,7 +70,7 @@ def batch_for_gpu_memory(gib: float | None) -> str:
     return f"{gib:.0f} GiB GPU: batch size 32-64."
 
 
-def diagnose(history: list[dict], lr: float, arch: str, stop: dict | None = None) -> list[str]:
+def diagnose(history: list[dict], lr: float, arch: str, *, stop: dict | None = None) -> list[str]:
     """The card's diagnosis of a finished run: overfitting, slow convergence, class imbalance
     and early stopping, with remedies. `stop`: {"stopped_epoch", "best_epoch", "patience"}."""
     if not history:

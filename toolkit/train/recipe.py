@@ -228,7 +228,7 @@ def cpu_batch_size(model, image_size: int) -> tuple[int, str]:
                    f"image, {budget / 2**30:.1f} GiB budget = a quarter of the available)")
 
 
-def cuda_batch_size(model, image_size: int, amp_dtype, num_classes: int) -> tuple[int, str]:
+def cuda_batch_size(model, image_size: int, amp_dtype, *, num_classes: int) -> tuple[int, str]:
     """The largest card batch for which a forward and backward pass run without running out
     of memory, largest first, keeping 10% of the device free for the optimizer's first step
     and fragmentation. UNVERIFIED: written against torch's documented CUDA memory API; the

@@ -29,7 +29,7 @@ from .outputs import write_bundle_files
 class TrainingSession:
     """State of a run between `prepare` and `run`; rank 0 alone writes to disk."""
 
-    def __init__(self, cfg: TrainConfig, rt: Runtime, echo: Callable, show_progress: bool):
+    def __init__(self, cfg: TrainConfig, rt: Runtime, echo: Callable, *, show_progress: bool):
         self.cfg, self.rt, self.echo, self.show_progress = cfg, rt, echo, show_progress
         self.out = Path(cfg.out)
         self.history: list[dict] = []
@@ -59,7 +59,7 @@ class TrainingSession:
             raise RtkError(f"{out} already holds a run.",
                            "Continue it with --resume, or choose another --out.")
         rt = Runtime(device, pick_amp_dtype(device, cfg.amp), rank, world)
-        session = cls(cfg, rt, echo if rank == 0 else (lambda *a, **k: None), progress)
+        session = cls(cfg, rt, echo if rank == 0 else (lambda *a, **k: None), show_progress=progress)
         session.resume_state = resume_state
         torch.manual_seed(cfg.seed)
         if device == "cuda":  # every batch has one shape: let cuDNN time and keep its fastest
@@ -104,7 +104,7 @@ class TrainingSession:
         backbone, head = split_head(self.model)
         groups = [{"params": backbone, "lr": cfg.lr * cfg.backbone_lr_mult},
                   {"params": head, "lr": cfg.lr}]
-        self.optimizer = make_optimizer(groups, cfg.lr, cfg.weight_decay, rt.device)
+        self.optimizer = make_optimizer(groups, cfg.lr, cfg.weight_decay, device=rt.device)
         self.scaler = torch.amp.GradScaler(rt.device, enabled=rt.amp_dtype == torch.float16)
         self._build_loaders()
         # the schedule counts optimizer steps: with --accumulate K, one per K batches
@@ -132,7 +132,7 @@ class TrainingSession:
         self.stop = EarlyStop(patience=cfg.patience)
         if cfg.batch_size == "auto":
             size = self.preprocessing.crop
-            batch, why = (cuda_batch_size(self.model, size, rt.amp_dtype, len(self.classes))
+            batch, why = (cuda_batch_size(self.model, size, rt.amp_dtype, num_classes=len(self.classes))
                           if rt.device == "cuda" else cpu_batch_size(self.model, size))
             self.cfg = cfg = replace(cfg, batch_size=batch)
             notes["batch_size"] = f"--batch-size auto: {batch} ({why})"
@@ -255,7 +255,7 @@ class TrainingSession:
                 update(step, meter.add(n * rt.world), loss, lr)
 
             stats = train_one_epoch(self.train_model, self.train_loader, self.optimizer,
-                                    self.scheduler, self.scaler, rt, skip_batches=skip,
+                                    scheduler=self.scheduler, scaler=self.scaler, rt=rt, skip_batches=skip,
                                     on_batch=on_batch, totals=self._totals, options=options)
         stats["seconds"] = time.perf_counter() - start
         stats["images_per_second"] = meter.images / max(1e-9, stats["seconds"])
@@ -398,7 +398,7 @@ class TrainingSession:
         bundle = Bundle.load(self.out)
         stop = {"stopped_epoch": self.stop.stopped_epoch, "best_epoch": self.stop.best_epoch,
                 "patience": self.stop.patience}
-        findings = presets.diagnose(self.history, self.cfg.lr, self.cfg.arch, stop)
+        findings = presets.diagnose(self.history, self.cfg.lr, self.cfg.arch, stop=stop)
         if self.stop.stopped_epoch:
             bundle.update(metrics=(bundle.manifest.metrics or Metrics()).with_(
                 stopped_epoch=self.stop.stopped_epoch))

@@ -110,7 +110,7 @@ def check(explicit: str | os.PathLike | None = None) -> BackendEnv:
                        f"Create one elsewhere with `rtk triton-env PATH` and point {ENV_VAR} at it, "
                        f"or replace this folder: {make_command(root, origin, force=True)}")
     info = _probe(python)
-    return _judge(root, info, what, fix, origin)
+    return _judge(root, info, what, fix=fix, origin=origin)
 
 
 def _not_rtks_own(root: Path) -> None:
@@ -122,7 +122,7 @@ def _not_rtks_own(root: Path) -> None:
                        f"or rtk triton-env PATH with {ENV_VAR}=PATH")
 
 
-def _judge(root: Path, info: dict, what: str, fix: str, origin: str) -> BackendEnv:
+def _judge(root: Path, info: dict, what: str, *, fix: str, origin: str) -> BackendEnv:
     recreate = make_command(root, origin, force=True)
     if not info["shared"] or not (Path(info["libdir"]) / info["ldlibrary"]).exists():
         raise RtkError(f"{what} runs a Python without a shared libpython, which the stub embeds.",
@@ -158,7 +158,7 @@ def _probe(python: Path) -> dict:
 
 
 def create(root: str | os.PathLike | None = None, python: str | None = None, force: bool = False,
-           echo=print) -> BackendEnv:
+           *, echo=print) -> BackendEnv:
     """Make (or bring up to date) the backend environment at ROOT; idempotent, never silent."""
     path, origin = locate(root)
     _not_rtks_own(path)

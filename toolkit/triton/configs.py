@@ -45,7 +45,7 @@ def pb():
     return require("tritonclient.grpc.model_config_pb2", "triton")
 
 
-def _base(name: str, serving: Serving, inputs: list[Tensor], outputs: list[Tensor],
+def _base(name: str, serving: Serving, inputs: list[Tensor], *, outputs: list[Tensor],
           labels_on: tuple[str, ...] = ()):
     mc = pb()
     config = mc.ModelConfig(name=name, max_batch_size=serving.max_batch)
@@ -100,10 +100,10 @@ def _warmup_zero(config, t: Tensor) -> None:
     warm.inputs[t.name].zero_data = True
 
 
-def classifier(name: str, platform: str, inp: Tensor, out: Tensor, serving: Serving,
+def classifier(name: str, platform: str, inp: Tensor, *, out: Tensor, serving: Serving,
                trt_fp16: bool = False):
     """The classifier: onnxruntime_onnx, tensorrt_plan, or ONNX Runtime in the Python backend."""
-    config = _base(name, serving, [inp], [out], labels_on=(out.name,))
+    config = _base(name, serving, [inp], outputs=[out], labels_on=(out.name,))
     if platform == "onnxruntime":
         config.platform, config.default_model_filename = "onnxruntime_onnx", "model.onnx"
         if trt_fp16 and serving.kind == "gpu":
@@ -122,11 +122,11 @@ def classifier(name: str, platform: str, inp: Tensor, out: Tensor, serving: Serv
     return config
 
 
-def preprocess(name: str, out: Tensor, serving: Serving, preprocessing: Preprocess):
+def preprocess(name: str, out: Tensor, serving: Serving, *, preprocessing: Preprocess):
     """Python backend: encoded images (BYTES) to the classifier's uint8 image batch."""
     import json
 
-    config = _base(name, serving, [Tensor(IMAGE_INPUT, "object", [1])], [out])
+    config = _base(name, serving, [Tensor(IMAGE_INPUT, "object", [1])], outputs=[out])
     config.backend = "python"
     config.parameters["preprocessing"].string_value = json.dumps(preprocessing.to_json(), sort_keys=True)
     _schedule(config, serving)  # KIND_GPU: nvJPEG decoding, the batch stays on the GPU
@@ -145,18 +145,18 @@ def postprocess(name: str, logits: Tensor, serving: Serving):
     """
     raw = Tensor(RAW_LOGITS, logits.dtype, logits.dims)
     probs = Tensor(PROBS_OUTPUT, "float32", logits.dims)
-    config = _base(name, serving, [raw], [logits, probs], labels_on=(logits.name, PROBS_OUTPUT))
+    config = _base(name, serving, [raw], outputs=[logits, probs], labels_on=(logits.name, PROBS_OUTPUT))
     config.backend = "python"
     _schedule(config, serving, kind="cpu")
     _warmup_zero(config, raw)
     return config
 
 
-def ensemble(name: str, steps: dict[str, str], inp: Tensor, out: Tensor, serving: Serving):
+def ensemble(name: str, steps: dict[str, str], inp: Tensor, *, out: Tensor, serving: Serving):
     """JPEG/PNG bytes in; logits and probabilities (with labels) out."""
     image = Tensor(IMAGE_INPUT, "object", [1])
     probs = Tensor(PROBS_OUTPUT, "float32", out.dims)
-    config = _base(name, serving, [image], [out, probs], labels_on=(out.name, PROBS_OUTPUT))
+    config = _base(name, serving, [image], outputs=[out, probs], labels_on=(out.name, PROBS_OUTPUT))
     config.platform = "ensemble"
     chain = [(steps["preprocess"], {IMAGE_INPUT: IMAGE_INPUT}, {inp.name: "preprocessed"}),
              (steps["classifier"], {inp.name: "preprocessed"}, {out.name: RAW_LOGITS}),

@@ -179,12 +179,12 @@ def build_configs(bundle: Bundle, opts: RepoOptions) -> tuple[dict[str, Any], di
         extra.update(intra_op_threads=str(threads), intra_op_thread_count=str(threads),
                      inter_op_thread_count="1")
     made = {
-        "classifier": configs.classifier(names["classifier"], opts.platform, inp, out,
-                                         serving("classifier", **extra), trt_fp16=opts.trt_fp16),
+        "classifier": configs.classifier(names["classifier"], opts.platform, inp, out=out,
+                                         serving=serving("classifier", **extra), trt_fp16=opts.trt_fp16),
         "preprocess": configs.preprocess(names["preprocess"], inp, serving("preprocess"),
-                                         bundle.preprocessing),
+                                         preprocessing=bundle.preprocessing),
         "postprocess": configs.postprocess(names["postprocess"], out, serving("postprocess")),
-        "ensemble": configs.ensemble(names["ensemble"], names, inp, out, serving("ensemble")),
+        "ensemble": configs.ensemble(names["ensemble"], names, inp, out=out, serving=serving("ensemble")),
     }
     return made, {"artifact": artifact, "max_batch": max_batch, "names": names,
                   "instances": instances, "threads_per_instance": threads,
@@ -201,13 +201,13 @@ def write_repository(bundle: Bundle, opts: RepoOptions, echo: Callable = print) 
     # only rtk's model folders are replaced: other models in the repository stay
     with swapped_dir(repo, [c.name for c in made.values()]) as tmp:
         for role, config in made.items():
-            _write_model(tmp / config.name, role, config, bundle, facts["artifact"])
+            _write_model(tmp / config.name, role, config, bundle=bundle, artifact=facts["artifact"])
         verify_repository(tmp)
     echo(f"Wrote {len(made)} models to {repo}: " + ", ".join(c.name for c in made.values()))
     return {"repo": str(repo), "platform": opts.platform, "kind": opts.kind, **facts}
 
 
-def _write_model(folder: Path, role: str, config, bundle: Bundle, artifact: str) -> None:
+def _write_model(folder: Path, role: str, config, *, bundle: Bundle, artifact: str) -> None:
     version = folder / "1"
     version.mkdir(parents=True)
     (folder / "config.pbtxt").write_text(configs.to_text(config))

@@ -36,7 +36,7 @@ def is_remote(repo: str | Path) -> bool:
     return bool(REMOTE.match(str(repo)))
 
 
-def triton_command(binary: str | Path, repo: str | Path, ports: dict[str, int], address: str,
+def triton_command(binary: str | Path, repo: str | Path, ports: dict[str, int], *, address: str,
                    exit_timeout: int, load_models: Sequence[str] = (), shm_prefix: str = "rtk",
                    extra: Sequence[str] = ()) -> list[str]:
     """tritonserver's command line: explicit model control, loading LOAD_MODELS (all if empty)."""
@@ -54,7 +54,7 @@ class TritonServer:
     """One tritonserver process; a context manager that always stops it."""
 
     def __init__(self, repo: str | Path, http_port: int = 8000, grpc_port: int = 8001,
-                 metrics_port: int = 8002, address: str = "127.0.0.1",
+                 *, metrics_port: int = 8002, address: str = "127.0.0.1",
                  log: Callable[[str], None] | None = None, exit_timeout: int = 10,
                  heal: bool = True, notify: Callable[[str], None] | None = None,
                  load_models: Sequence[str] = (), backend_env: str | Path | None = None) -> None:
@@ -92,9 +92,9 @@ class TritonServer:
             self.stop()  # removes the work folder
             raise
         self.source, self.backend_root = install.source, install.backend_env
-        cmd = triton_command(install.binary, self.repo, self.ports, self.address,
-                             self.exit_timeout, self.load_models,
-                             f"rtk{os.getpid()}_{id(self) % 9973}", install.flags)
+        cmd = triton_command(install.binary, self.repo, self.ports, address=self.address,
+                             exit_timeout=self.exit_timeout, load_models=self.load_models,
+                             shm_prefix=f"rtk{os.getpid()}_{id(self) % 9973}", extra=install.flags)
         self.proc = subprocess.Popen(cmd, env=install.env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                                      errors="replace", start_new_session=True,

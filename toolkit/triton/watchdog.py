@@ -99,7 +99,7 @@ class Watchdog:
     """A thread that reloads models whose backend process died (see the module docstring)."""
 
     def __init__(self, server_pid: int, control: ModelControl, notify: Callable[[str], None],
-                 alive: Callable[[], bool], interval: float = 1.0) -> None:
+                 *, alive: Callable[[], bool], interval: float = 1.0) -> None:
         self.server_pid, self.control, self.notify, self.alive = server_pid, control, notify, alive
         self.interval = interval
         self.heals: list[dict] = []  # one record per reload, for reports and tests

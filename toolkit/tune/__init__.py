@@ -56,7 +56,7 @@ def tune(bundle: Bundle, opts: TuneOptions, echo: Callable = print) -> dict[str,
 
     def options(c: Candidate, repo: str) -> RepoOptions:
         return RepoOptions(repo=repo, name=opts.name, platform=platform, kind=opts.kind,
-                           max_batch=c.max_batch, instances=c.instances,
+                           max_batch=c.max_batch_size, instances=c.instances,
                            queue_delay_us=c.queue_delay_us, artifact=c.artifact)
 
     _, facts = build_configs(bundle, RepoOptions(name=opts.name, platform=platform, kind=opts.kind))
@@ -65,7 +65,8 @@ def tune(bundle: Bundle, opts: TuneOptions, echo: Callable = print) -> dict[str,
     space = space_for(trusted_artifacts(bundle), facts["max_batch"], usable_cores())
     measured: dict[Candidate, list[dict]] = {}
     started, deadline = time.monotonic(), time.monotonic() + 60 * opts.budget_minutes
-    bench = Bench(bundle, options, opts.concurrency, opts.seconds, echo, opts.backend_env)
+    bench = Bench(bundle, options, opts.concurrency, seconds=opts.seconds, echo=echo,
+                  backend_env=opts.backend_env)
 
     def score(c: Candidate) -> float:
         if c not in measured:
@@ -79,7 +80,7 @@ def tune(bundle: Bundle, opts: TuneOptions, echo: Callable = print) -> dict[str,
 
     try:
         bench.start(default)
-        coordinate_ascent(space, default, score, out_of_time)
+        coordinate_ascent(space, default, score, out_of_time=out_of_time)
     finally:
         bench.close()
     result, pick = decide(measured, default, opts.p99_ms)
@@ -112,7 +113,7 @@ def objective(rows: list[dict], budget: float) -> float:
     return r["throughput"] if r["p99_ms"] <= budget else -r["p99_ms"]
 
 
-FIELDS = ("artifact", "max_batch", "instances", "queue_delay_us", "concurrency", "throughput",
+FIELDS = ("artifact", "max_batch_size", "instances", "queue_delay_us", "concurrency", "throughput",
           "p50_ms", "p99_ms", "status", "server")
 
 

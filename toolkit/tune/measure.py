@@ -25,7 +25,7 @@ class Bench:
     """A Triton server on a scratch repository; `measure(candidate)` gives its rows."""
 
     def __init__(self, bundle: Bundle, options: Callable[[Candidate, str], Any],
-                 concurrency: list[int], seconds: float, echo: Callable = print,
+                 concurrency: list[int], *, seconds: float, echo: Callable = print,
                  backend_env: str | None = None):
         self.bundle, self.options, self.echo, self.backend_env = bundle, options, echo, backend_env
         self.concurrency, self.seconds = concurrency, seconds
@@ -41,9 +41,9 @@ class Bench:
 
         self.names = write_repository(self.bundle, self.options(first, str(self.repo)),
                                       echo=lambda *_: None)["names"]
-        ports = [free_port() for _ in range(3)]
-        self.server = TritonServer(self.repo, *ports, heal=False,
-                                   backend_env=self.backend_env).start()
+        http, grpc, metrics = (free_port() for _ in range(3))
+        self.server = TritonServer(self.repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                                   heal=False, backend_env=self.backend_env).start()
         self.control = ModelControl(f"http://{self.server.endpoints['http']}")
         self.payloads = [p.read_bytes() for p in sample_paths(self.bundle, 32)]
         self.loaded = first
@@ -56,7 +56,7 @@ class Bench:
         try:
             self._load(candidate)
         except RtkError as exc:
-            return [row("triton", "server", None, f"load failed: {exc.message}"[:300],
+            return [row("triton", "server", None, status=f"load failed: {exc.message}"[:300],
                         **candidate.describe())]
         from ..bench.triton import open_client, sweep_point
 
@@ -64,8 +64,8 @@ class Bench:
         rows = []
         with open_client(self.bundle, "grpc", url) as client:
             for c in self.concurrency:
-                r = sweep_point(self.bundle, client, "grpc", url, self.payloads, c, self.seconds,
-                                 agreement=None)
+                r = sweep_point(self.bundle, client, "grpc", url=url, payloads=self.payloads,
+                                concurrency=c, seconds=self.seconds, agreement=None)
                 rows.append({**r, **candidate.describe()})
         return rows
 

@@ -39,7 +39,7 @@ def markdown(result: dict[str, Any]) -> str:
         mark = " (default)" if same_point(p, result.get("default")) else ""
         mark += " **chosen**" if same_point(p, result.get("chosen")) else ""
         fits = p["status"] == "ok" and p["p99_ms"] <= budget
-        lines.append(f"| {p['artifact']}{mark} | {p['max_batch']} | {p['instances']} | "
+        lines.append(f"| {p['artifact']}{mark} | {p['max_batch_size']} | {p['instances']} | "
                      f"{p['queue_delay_us']} | {p.get('concurrency') or ''} | {fmt(p['throughput'])} | "
                      f"{fmt(p['p50_ms'])} | {fmt(p['p99_ms'])} | {'yes' if fits else 'no'} | "
                      f"{p['status']} |")
@@ -47,7 +47,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def same_point(a: dict, b: dict | None) -> bool:
-    keys = ("artifact", "max_batch", "instances", "queue_delay_us", "concurrency")
+    keys = ("artifact", "max_batch_size", "instances", "queue_delay_us", "concurrency")
     return b is not None and all(a.get(k) == b.get(k) for k in keys)
 
 
@@ -73,6 +73,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def upgrade(result: dict[str, Any]) -> dict[str, Any]:
+    """A tune.json's result, also one rtk wrote before `max_batch` became Triton's `max_batch_size`."""
+    for p in [*result.get("candidates", []), result.get("default"), result.get("chosen")]:
+        if p and "max_batch" in p and "max_batch_size" not in p:
+            p["max_batch_size"] = p.pop("max_batch")
+    return result
 
 
 def write(result: dict[str, Any], out: str | Path) -> list[Path]:

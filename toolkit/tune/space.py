@@ -14,7 +14,7 @@ from typing import Any, Callable
 MAX_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
 QUEUE_DELAYS_US = (0, 100, 500, 2000, 5000)
 INSTANCES = (1, 2, 3, 4, 6, 8)
-DIMENSIONS = ("artifact", "instances", "max_batch", "queue_delay_us")
+DIMENSIONS = ("artifact", "instances", "max_batch_size", "queue_delay_us")
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Candidate:
     """One deployment: what `rtk triton` would write with these options."""
 
     artifact: str  # onnx | fp16 | int8 (ONNX) or fp16 (the TensorRT plan)
-    max_batch: int
+    max_batch_size: int  # Triton's name, as in tune.json (`rtk triton --max-batch`)
     instances: int
     queue_delay_us: int
 
@@ -30,7 +30,7 @@ class Candidate:
         return asdict(self)
 
     def label(self) -> str:
-        return (f"{self.artifact}, max batch {self.max_batch}, {self.instances} instance(s), "
+        return (f"{self.artifact}, max batch {self.max_batch_size}, {self.instances} instance(s), "
                 f"delay {self.queue_delay_us} us")
 
 
@@ -44,7 +44,7 @@ class Space:
     queue_delays_us: tuple[int, ...] = QUEUE_DELAYS_US
 
     def values(self, dimension: str) -> tuple:
-        return {"artifact": self.artifacts, "max_batch": self.max_batches,
+        return {"artifact": self.artifacts, "max_batch_size": self.max_batches,
                 "instances": self.instances, "queue_delay_us": self.queue_delays_us}[dimension]
 
 
@@ -55,7 +55,7 @@ def space_for(trusted: list[str], batch_limit: int, cores: int) -> Space:
     return Space(tuple(trusted), batches, instances)
 
 
-def step(space: Space, current: Candidate, dimension: str, direction: int) -> Candidate | None:
+def step(space: Space, current: Candidate, dimension: str, *, direction: int) -> Candidate | None:
     """The next value up (+1) or down (-1) a numeric dimension, or None at its end."""
     ordered = sorted(set(space.values(dimension)) | {getattr(current, dimension)})
     i = ordered.index(getattr(current, dimension)) + direction
@@ -63,7 +63,7 @@ def step(space: Space, current: Candidate, dimension: str, direction: int) -> Ca
 
 
 def coordinate_ascent(space: Space, start: Candidate, score: Callable[[Candidate], float],
-                      out_of_time: Callable[[], bool]) -> Candidate:
+                      *, out_of_time: Callable[[], bool]) -> Candidate:
     """Best candidate found by moving along one dimension at a time while it improves `score`.
 
     `score` measures (and caches) a candidate; higher is better. Artifacts are tried all;
@@ -84,7 +84,7 @@ def coordinate_ascent(space: Space, start: Candidate, score: Callable[[Candidate
         for direction in (+1, -1):
             moved = False
             while not out_of_time():
-                candidate = step(space, best, dimension, direction)
+                candidate = step(space, best, dimension, direction=direction)
                 if candidate is None:
                     break
                 s = score(candidate)
