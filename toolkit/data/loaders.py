@@ -152,8 +152,13 @@ class EpochShuffle:
     def __iter__(self):
         import torch
 
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        return iter(self.draw(torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)))
+
+    def draw(self, generator) -> list[int]:
+        """This pass's indices (a permutation; a subclass may draw differently)."""
+        import torch
+
+        return torch.randperm(self.n, generator=generator).tolist()
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -9,6 +9,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ..data.loaders import EpochShuffle
+
 IMBALANCE_RATIO = 3.0  # --balance auto balances when the largest class is over 3x the smallest
 
 
@@ -107,28 +109,21 @@ def class_weights(counts: list[int]) -> list[float]:
     return [n / (k * c) if c else 0.0 for c in counts]
 
 
-class BalancedSampler:
+class BalancedSampler(EpochShuffle):
     """Draws len(labels) indices a pass, each class equally likely, with replacement; the
     order depends on (seed, epoch) alone, so a resumed epoch replays it (a torch sampler)."""
 
     def __init__(self, labels: Sequence[int], seed: int):
         import torch
 
+        super().__init__(len(labels), seed)
         counts = torch.bincount(torch.tensor(list(labels)))
         self.weights = (1.0 / counts.double())[torch.tensor(list(labels))]
-        self.n, self.seed, self.epoch = len(labels), seed, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
+    def draw(self, generator) -> list[int]:
         import torch
 
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.multinomial(self.weights, self.n, True, generator=g).tolist())
+        return torch.multinomial(self.weights, self.n, True, generator=generator).tolist()
 
 
 def split_head(model) -> tuple[list, list]:
