@@ -87,6 +87,8 @@ def test_search_keeps_the_fewest_sensitive_nodes_in_float_and_passes(int8_hostil
     assert speed["vs_fp32"] > 0 and speed["vs_single_shot_int8"] > 0
     page = (root / "report.html").read_text()  # `rtk export` refreshed the run's report
     assert all(f'data-v="{t["top1_delta_points"]}"' in page for t in search["trials"])
+    assert f'Held-out looks: <span class="v" data-v="{search["held_out_looks"]}">' in page
+    assert f'data-v="{speed["vs_fp32"]}"' in page and f'data-v="{split["probe"]}"' in page
     # the tolerances were the defaults: nothing was loosened to pass
     assert entry["parity"]["rule"] == "delta<=1, agree>=0.95"
 
