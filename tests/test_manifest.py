@@ -86,3 +86,17 @@ def test_an_unknown_schema_is_a_clear_error(tmp_path, schema, says):
         Bundle.load(tmp_path)
     assert f"has schema {schema}, expected 1" in err.value.message and says in err.value.message
     assert err.value.hint
+
+
+@pytest.mark.parametrize("damage", [
+    lambda m: m["artifacts"]["model.pt"].pop("sha256"),          # a required field is missing
+    lambda m: m.__setitem__("preprocessing", "bilinear"),        # an object became a string
+    lambda m: m["artifacts"].__setitem__("model.onnx", [1, 2]),  # an artifact is not an object
+])
+def test_a_field_of_the_wrong_shape_is_a_damaged_manifest_not_a_crash(tmp_path, damage):
+    manifest = json.loads(json.dumps(OLD))
+    damage(manifest)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RtkError) as err:
+        Bundle.load(tmp_path)
+    assert "is damaged" in err.value.message and "restore the run folder" in err.value.hint

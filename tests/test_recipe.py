@@ -266,3 +266,19 @@ def test_recipe_values_out_of_range_are_refused(cli, tiny_data, tmp_path):
                                   "--accumulate", "--balance", "--config", "auto"])
 def test_help_shows_every_recipe_option(cli, flag):
     assert flag in cli("finetune", "--help").stdout
+
+
+def test_the_batch_size_probe_leaves_batchnorm_statistics_alone():
+    """--batch-size auto runs the model in train mode; the pretrained running stats survive."""
+    import torch
+    from torchvision import models
+
+    model = models.resnet18(weights=None, num_classes=3)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.fill_(5.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recipe.cpu_batch_size(model, 32)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

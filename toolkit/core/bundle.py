@@ -52,7 +52,11 @@ class Bundle:
         if not isinstance(data, dict) or not isinstance(data.get("artifacts"), dict):
             raise RtkError(f"{path} is damaged: it holds JSON, but not an rtk manifest "
                            "(no artifacts table).", DAMAGED_HINT)
-        return cls(root, Manifest.from_json(data, where=str(path)))
+        try:
+            return cls(root, Manifest.from_json(data, where=str(path)))
+        except (TypeError, AttributeError, ValueError, KeyError) as exc:  # a field of the wrong shape
+            raise RtkError(f"{path} is damaged: it holds JSON, but a field has the wrong shape "
+                           f"({type(exc).__name__}: {exc}).", DAMAGED_HINT) from exc
 
     # -- convenient views -------------------------------------------------
     @property

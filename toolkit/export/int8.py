@@ -132,18 +132,20 @@ def search_int8(bundle: Bundle, opts, gate, *, first_row: dict, echo: Callable =
                                                                  "weights", "calibration",
                                                                  "kept_float")})
         first["held_out"] = _verdict(first_row)
-        looks = 1
+        looks, in_place = 1, first  # the graph on disk, and the held-out verdict on record
         while looks < MAX_LOOKS:
             chosen = search(s, q.first)
             if not s.ok(chosen):
                 break  # nothing new passed the probe within the budget: no look to spend
             row = _look(bundle, gate, chosen, look=looks + 1, echo=echo)
-            looks += 1
+            looks, in_place = looks + 1, chosen
             if row["passed"]:
                 break
         judged = [t for t in s.trials if "held_out" in t]
         final = max(judged, key=lambda t: (t["held_out"]["passed"], t["held_out"]["score"]))
-        if final is not judged[-1]:  # the best look was not the last: put it back, its verdict too
+        # Trials are listed in creation order, not look order (bisection creates a midpoint
+        # after the trial it started from), so compare with what is on disk.
+        if final is not in_place:  # the best look was not the last: put it back, its verdict too
             _place(bundle, final)
             gate.record(artifact, final["held_out"]["row"])
         speed = int8_speed(bundle, single, final["path"], echo=echo)
@@ -207,11 +209,11 @@ def _failure(s: Search, best: dict, looks: int, *, opts, split: Split) -> str:
             f"{opts.int8_budget} trials, {looks} of {MAX_LOOKS} held-out looks). Best tried: "
             f"{best['label']}: top-1 delta {h['top1_delta_points']:+.2f} pts, agreement "
             f"{h['agreement']:.2%}, {h['flips_confident']} confident flips.")
-    if s.exhausted:
-        step = f"raise the trial budget: --int8-budget {2 * opts.int8_budget}"
-    elif looks >= MAX_LOOKS:
+    if looks >= MAX_LOOKS:  # first: a re-run with more budget would look at this set again
         step = ("gate on a larger held-out set with --data DIR (this one has been consulted "
                 f"{looks} times)")
+    elif s.exhausted:
+        step = f"raise the trial budget: --int8-budget {2 * opts.int8_budget}"
     elif split.calib < opts.calib_size or split.probe < PROBE_MAX:
         step = (f"a larger data set: its {split.total} training images were too few to give "
                 f"calibration {opts.calib_size} images and the probe {PROBE_MAX}; or gate on a "

@@ -134,8 +134,9 @@ def search(s: Search, first: Int8Config) -> dict:
         if s.ok(best):
             return best
     base = replace(best["cfg"], exclude=())
-    if base.calib_size * 2 <= s.max_calib and not s.exhausted:
-        best = max(best, s.run(replace(base, calib_size=base.calib_size * 2)), key=score)
+    if s.max_calib > base.calib_size and not s.exhausted:  # up to twice, as far as the split allows
+        larger = min(2 * base.calib_size, s.max_calib)
+        best = max(best, s.run(replace(base, calib_size=larger)), key=score)
         if s.ok(best):
             return best
         base = replace(best["cfg"], exclude=())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -177,6 +178,21 @@ class EarlyStop:
         return False
 
 
+@contextmanager
+def buffers_kept(model):
+    """Run a probe in train mode without moving BatchNorm's running statistics: the pretrained
+    (or resumed) buffers are restored afterwards."""
+    import torch
+
+    saved = {name: b.clone() for name, b in model.named_buffers()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(saved[name])
+
+
 def saved_bytes_per_image(model, image_size: int, device: str = "cpu") -> int:
     """The activations a training step keeps for backward, per image: every tensor autograd
     saves during one forward pass of 2 images, counted by a saved-tensors hook."""
@@ -191,7 +207,7 @@ def saved_bytes_per_image(model, image_size: int, device: str = "cpu") -> int:
     x = torch.zeros(2, 3, image_size, image_size, device=device)
     was_training = model.training
     model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with buffers_kept(model), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(x).sum()
     model.train(was_training)
     return total[0] // 2
@@ -233,24 +249,25 @@ def cuda_batch_size(model, image_size: int, amp_dtype, *, num_classes: int) -> t
     total = torch.cuda.get_device_properties(0).total_memory
     # AdamW's moments are created by its first step, after the probe: count them now
     moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters())
-    for batch in BATCH_CANDIDATES:
-        try:
-            torch.cuda.reset_peak_memory_stats()
-            x = torch.randn(batch, 3, image_size, image_size, device="cuda").contiguous(
-                memory_format=torch.channels_last)
-            y = torch.randint(0, num_classes, (batch,), device="cuda")
-            with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated() + moments
-            fits = peak <= 0.9 * total
-        except torch.cuda.OutOfMemoryError:
-            fits, peak = False, math.inf
-        finally:
-            model.zero_grad(set_to_none=True)
-            x = y = loss = None  # noqa: F841 - free the probe's tensors before the next try
-            torch.cuda.empty_cache()
-        if fits:
-            return batch, f"CUDA probe: batch {batch} peaked at {peak / 2**30:.1f} GiB"
+    with buffers_kept(model):  # the probe's training-mode passes must not move BatchNorm
+        for batch in BATCH_CANDIDATES:
+            try:
+                torch.cuda.reset_peak_memory_stats()
+                x = torch.randn(batch, 3, image_size, image_size, device="cuda").contiguous(
+                    memory_format=torch.channels_last)
+                y = torch.randint(0, num_classes, (batch,), device="cuda")
+                with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss = torch.nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                torch.cuda.synchronize()
+                peak = torch.cuda.max_memory_allocated() + moments
+                fits = peak <= 0.9 * total
+            except torch.cuda.OutOfMemoryError:
+                fits, peak = False, math.inf
+            finally:
+                model.zero_grad(set_to_none=True)
+                x = y = loss = None  # noqa: F841 - free the probe's tensors before the next try
+                torch.cuda.empty_cache()
+            if fits:
+                return batch, f"CUDA probe: batch {batch} peaked at {peak / 2**30:.1f} GiB"
     return 2, "CUDA probe: even batch 4 ran out of memory; using the card's minimum 2"
