@@ -213,7 +213,8 @@ def train_one_epoch(model, loader, optimizer, *, scheduler, scaler, rt: Runtime,
                     loss = criterion(logits, target)
                 if (step - 1) % k == 0:  # a group's first batch: after the forward pass, so
                     optimizer.zero_grad(set_to_none=True)  # backward reuses the freed memory
-                scaler.scale(loss / k if k > 1 else loss).backward()
+                group = min(k, n - (step - 1) // k * k)  # the last group may be short
+                scaler.scale(loss / group if group > 1 else loss).backward()
             if boundary:
                 scaler.step(optimizer)
                 scaler.update()

@@ -75,7 +75,8 @@ class BatchMix:
     def __call__(self, x, y, step: int):
         import torch
 
-        with torch.random.fork_rng(devices=[]):
+        # torch.manual_seed reseeds CUDA too: restore this process's device generator as well
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
             torch.manual_seed(self.seed * 1_000_003 + step)
             return self.transform(x, y)
 
