@@ -188,7 +188,7 @@ def test_tensorrt_format_without_tensorrt_is_an_error_with_the_command(bundle_co
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("tensorrt is installed here; this checks the no-TensorRT path")
     result = cli("export", bundle_copy, "--fp16", "--format", "tensorrt")
-    assert_user_error(result, "TensorRT", "--format tensorrt")
+    assert_user_error(result, "TensorRT", f"rtk export {bundle_copy} --fp16 --format tensorrt")
 
 
 def test_fp16_export_without_tensorrt_says_where_the_engine_is_built(bundle_copy, cli):
@@ -196,7 +196,8 @@ def test_fp16_export_without_tensorrt_says_where_the_engine_is_built(bundle_copy
         pytest.skip("tensorrt is installed here")
     result = cli("export", bundle_copy, "--fp16")
     assert result.exit_code == 0, result.output
-    assert "rtk export" in result.output and "--format tensorrt" in result.output
+    # the command names the run folder, not export's staging folder inside it
+    assert f"rtk export {bundle_copy} --fp16 --format tensorrt" in " ".join(result.output.split())
     assert not (bundle_copy / "model.fp16.plan").exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -44,7 +45,7 @@ def export(bundle: Bundle, opts: ExportOptions, echo: Callable = print,
     from .staging import staged
 
     with staged(bundle) as stage:
-        rows, int8_note = _export(stage, opts, echo, progress=progress)
+        rows, int8_note = _export(stage, opts, echo, progress=progress, run_dir=bundle.root)
     failed = [r["artifact"] for r in rows if not r["passed"]]
     if failed:
         hint = ("See the parity table above. Re-export, or adjust the tolerance flags "
@@ -59,7 +60,8 @@ def export(bundle: Bundle, opts: ExportOptions, echo: Callable = print,
 
 
 def _export(bundle: Bundle, opts: ExportOptions, echo: Callable,
-            *, progress: bool) -> tuple[list[dict], str | None]:
+            *, progress: bool, run_dir: Path) -> tuple[list[dict], str | None]:
+    """The export itself, on the staged view `bundle`; hints name the real `run_dir`."""
     from .onnx_export import export_onnx, io_spec
     from .precision import to_fp16
 
@@ -67,7 +69,7 @@ def _export(bundle: Bundle, opts: ExportOptions, echo: Callable,
     if opts.format == "tensorrt" and trt_reason:
         raise RtkError(f"Cannot build a TensorRT engine here: {trt_reason}.",
                        f"On a GPU host with `pip install 'rtk[gpu]'` run: "
-                       f"rtk export {bundle.root} --fp16 --format tensorrt")
+                       f"rtk export {run_dir} --fp16 --format tensorrt")
     if opts.format == "tensorrt" and not opts.fp16:
         raise RtkError("TensorRT engines are built from the FP16 graph.", "Add --fp16.")
     bundle.artifact("model.pt")  # refuse a changed checkpoint before deriving from it
@@ -88,7 +90,7 @@ def _export(bundle: Bundle, opts: ExportOptions, echo: Callable,
     if opts.fp16 and opts.format in ("tensorrt", "all"):
         if trt_reason:
             echo(f"No TensorRT engine: {trt_reason}. The FP16 ONNX is ready for it; on a GPU host "
-                 f"run: rtk export {bundle.root} --fp16 --format tensorrt")
+                 f"run: rtk export {run_dir} --fp16 --format tensorrt")
         else:
             _build_plan(bundle, opts)
             made.append(("model.fp16.plan", "tensorrt", "fp16"))
