@@ -367,7 +367,7 @@ class TrainingSession:
             input=input_spec(self.preprocessing.crop),
             output={"name": "logits", "dtype": "float32", "shape": [-1, len(self.classes)]},
             data={"train_dir": str(root),
-                  "val_dir": str(Path(cfg.val_dir).resolve()) if cfg.val_dir else None,
+                  "val_dir": str(val_root) if cfg.val_dir else None,
                   "val_split": None if cfg.val_dir else cfg.val_split, "seed": cfg.seed,
                   "split_file": "split.json", "train_images": len(self.train_samples),
                   "val_images": len(self.val_samples),
