@@ -140,6 +140,25 @@ def write_class_images(root: Path, colours: dict[str, tuple[int, int, int]] = CL
     return root
 
 
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory):
+    """`module_tmp(name)`: a fresh directory for a module-scoped fixture, removed once the
+    module's tests are done unless one of them failed. A tiny bundle weighs about 250 MB;
+    kept to the session's end, as `tmp_path_factory` keeps them, the suite's copies outgrew
+    a small CI disk."""
+    failed_before = request.session.testsfailed
+    made: list[Path] = []
+
+    def mktemp(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    if request.session.testsfailed == failed_before:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """3 classes x 8 images of 40x40 px: circle, square, stripe (distinct colours)."""

@@ -14,14 +14,14 @@ FIELDS = {"backend", "device", "batch_size", "throughput", "p50_ms", "p90_ms", "
 
 
 @pytest.fixture(scope="module")
-def bench_result(tiny_bundle, tmp_path_factory):
+def bench_result(tiny_bundle, module_tmp):
     from click.testing import CliRunner
 
     from toolkit.core.bundle import Bundle
     from toolkit.cli import main
     from toolkit.export import ExportOptions, export
 
-    root = Path(shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("bench") / "run"))
+    root = Path(shutil.copytree(tiny_bundle, module_tmp("bench") / "run"))
     export(Bundle.load(root), ExportOptions(), echo=lambda *_: None)
     out = root / "bench"
     result = CliRunner().invoke(main, ["bench", str(root), "--backends",

@@ -154,9 +154,9 @@ def _history_epochs(run):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_data, tmp_path_factory):
+def uninterrupted(tiny_data, module_tmp):
     """The reference: the same 3-epoch run, never interrupted."""
-    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    out = module_tmp("uninterrupted") / "run"
     fit_tiny(tiny_data, out, epochs=RESUME_EPOCHS)
     return out
 

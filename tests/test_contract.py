@@ -98,7 +98,7 @@ def uint8_readers(path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tensorrt_int8(exported, tmp_path_factory):
+def tensorrt_int8(exported, module_tmp):
     """The `--int8-scheme tensorrt` graph, made by rtk export's own INT8 step."""
     import shutil
 
@@ -106,7 +106,7 @@ def tensorrt_int8(exported, tmp_path_factory):
     from toolkit.export import ExportOptions
     from toolkit.export.int8 import export_int8
 
-    root = shutil.copytree(exported, tmp_path_factory.mktemp("trt_int8") / "run")
+    root = shutil.copytree(exported, module_tmp("trt_int8") / "run")
     bundle = Bundle.load(root)
     export_int8(bundle, ExportOptions(int8=True, int8_scheme="tensorrt", calib_size=16),
                 echo=lambda *_: None)

@@ -39,23 +39,23 @@ def deploy(source, out, **kw) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tree(tiny_bundle, tmp_path_factory):
+def tree(tiny_bundle, module_tmp):
     """gpu, PVC repository, 3 training pods x 2 processes."""
-    out = tmp_path_factory.mktemp("deploy") / "k8s"
+    out = module_tmp("deploy") / "k8s"
     summary = deploy(tiny_bundle, out, replicas=2, nodes=3, nproc_per_node=2)
     return out, summary, {k: python_render(out / k) for k in KUSTOMIZATIONS}
 
 
 @pytest.fixture(scope="module")
-def s3_tree(tiny_bundle, tmp_path_factory):
+def s3_tree(tiny_bundle, module_tmp):
     """cpu, S3 repository, a single training pod."""
-    out = tmp_path_factory.mktemp("deploy") / "k8s-s3"
+    out = module_tmp("deploy") / "k8s-s3"
     summary = deploy(tiny_bundle, out, kind="cpu", repo_uri="s3://bucket/models", nodes=1)
     return out, summary, {k: python_render(out / k) for k in KUSTOMIZATIONS}
 
 
 @pytest.fixture(scope="module")
-def repository(tiny_bundle, tmp_path_factory):
+def repository(tiny_bundle, module_tmp):
     """A real repository: the tiny run exported to ONNX, then `rtk triton --kind gpu`."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("tritonclient.grpc.model_config_pb2")
@@ -63,7 +63,7 @@ def repository(tiny_bundle, tmp_path_factory):
     from toolkit.export import ExportOptions, export
     from toolkit.triton import RepoOptions, write_repository
 
-    root = Path(shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("deploy-repo") / "tiny"))
+    root = Path(shutil.copytree(tiny_bundle, module_tmp("deploy-repo") / "tiny"))
     bundle = Bundle.load(root)
     export(bundle, ExportOptions(max_batch=16), echo=lambda *_: None)
     repo = root.parent / "model_repository"

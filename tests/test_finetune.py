@@ -28,13 +28,13 @@ def _state(run: Path) -> dict:
 
 
 @pytest.fixture(scope="module", params=["resnet18", "resnet50"])
-def cli_run(request, tiny_data, tmp_path_factory):
+def cli_run(request, tiny_data, module_tmp):
     """A run made through the CLI, once per architecture: (arch, run dir, CLI result)."""
     from click.testing import CliRunner
 
     from toolkit.cli import main
 
-    out = tmp_path_factory.mktemp("finetune") / request.param
+    out = module_tmp("finetune") / request.param
     args = ["finetune", str(tiny_data), "--out", str(out), *TINY_TRAIN, "--arch", request.param]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -87,15 +87,16 @@ def test_manifest_describes_the_run(cli_run, tiny_data):
 
 @pytest.mark.slow
 def test_a_short_run_beats_chance_on_separable_data(tiny_data, tmp_path):
-    """The tiny classes differ by colour, so three epochs at the card's highest lr learn them.
+    """The tiny classes differ by colour, so eight epochs at the card's highest lr learn them.
 
     Chance on 3 balanced classes is 1/3 (the one-epoch tiny_bundle is at chance: it predicts
-    one class). Measured on this run: 22 of 24 images (0.917), and 6 of 6 held-out ones.
+    one class). Measured: 24 of 24 images with seeds 0, 1 and 2. Three epochs were too close to the line:
+    22 of 24 in one session, 16 of 24 (seed 0) on another machine, 16 to 20 over seeds 0-2.
     """
     from toolkit.core.bundle import Bundle
     from toolkit.evaluate import evaluate
 
-    fit_tiny(tiny_data, tmp_path / "run", epochs=3, lr=5e-4)
+    fit_tiny(tiny_data, tmp_path / "run", epochs=8, lr=5e-4)
     bundle = Bundle.load(tmp_path / "run")
     everything = evaluate(bundle, tiny_data)
     assert everything["accuracy"] >= 0.75 and everything["balanced_accuracy"] >= 0.75

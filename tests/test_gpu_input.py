@@ -63,9 +63,9 @@ def _png(img: Image.Image) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(module_tmp):
     """One file of each kind, label = index."""
-    root = tmp_path_factory.mktemp("kinds")
+    root = module_tmp("kinds")
     paths = []
     for name, (make, _) in KINDS.items():
         path = root / f"{name}.{'png' if name == 'png' else 'jpg'}"
@@ -139,11 +139,11 @@ def _eval_inputs(paths):
 
 
 @pytest.fixture(scope="module")
-def real_images(tmp_path_factory):
+def real_images(module_tmp):
     """Real digits (grayscale PNG, upscaled 32 -> 33) and photo-like JPEGs of many shapes."""
     from toolkit.data.sample import write_digits
 
-    root = tmp_path_factory.mktemp("real")
+    root = module_tmp("real")
     digits = sorted(write_digits(root / "digits", size=32, per_class=2).rglob("*.png"))
     photos = []
     for i, (h, w) in enumerate([(256, 256), (300, 200), (200, 300), (40, 40), (31, 45),

@@ -105,13 +105,13 @@ def test_fresh_finetune_report_has_data_and_training_and_names_the_missing_comma
 
 
 @pytest.fixture(scope="module")
-def benched(exported, tmp_path_factory):
+def benched(exported, module_tmp):
     """The exported tiny bundle after a short `rtk bench` of two backends (through the CLI)."""
     from click.testing import CliRunner
 
     from toolkit.cli import main
 
-    root = Path(shutil.copytree(exported, tmp_path_factory.mktemp("report") / "run"))
+    root = Path(shutil.copytree(exported, module_tmp("report") / "run"))
     out = root.parent / "bench"
     result = CliRunner().invoke(main, ["bench", str(root), "--backends", "torch,onnxruntime-int8",
                                        "--batch-sizes", "1,4", "--duration", "0.3", "--out", str(out)])

@@ -15,7 +15,7 @@ from toolkit.data.images import open_rgb
 
 
 @pytest.fixture(scope="module")
-def dirty_data(tmp_path_factory):
+def dirty_data(module_tmp):
     """Every kind of trouble a real folder holds, next to a few good images.
 
     cats/   3 good JPEGs + a byte-identical PNG pair (5 usable)
@@ -25,7 +25,7 @@ def dirty_data(tmp_path_factory):
     empty/  no files at all
     broken/ only a zero-byte .png (so no usable image either)
     """
-    root = tmp_path_factory.mktemp("dirty")
+    root = module_tmp("dirty")
     rng = np.random.default_rng(1)
     noise = lambda h, w, c=3: rng.integers(0, 256, (h, w, c), dtype=np.uint8)  # noqa: E731
     cats, dogs, broken = root / "cats", root / "dogs", root / "broken"

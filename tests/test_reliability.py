@@ -36,13 +36,13 @@ OVERLOAD = re.compile(r"Exceeds maximum queue size|Request timeout expired")
 
 
 @pytest.fixture(scope="module")
-def deployed(tiny_bundle, tmp_path_factory):
+def deployed(tiny_bundle, module_tmp):
     """The tiny bundle, exported, with two repositories: default queues and a small one."""
     from toolkit.core.bundle import Bundle
     from toolkit.export import ExportOptions, export
     from toolkit.triton import RepoOptions, write_repository
 
-    root = tmp_path_factory.mktemp("reliability") / "run"
+    root = module_tmp("reliability") / "run"
     shutil.copytree(tiny_bundle, root)
     bundle = Bundle.load(root)
     export(bundle, ExportOptions(max_batch=16), echo=lambda *_: None)

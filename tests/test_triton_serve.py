@@ -51,13 +51,13 @@ def _drain(stream, sink: list) -> threading.Thread:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_bundle, tmp_path_factory):
+def served(tiny_bundle, module_tmp):
     from toolkit.core.bundle import Bundle
     from toolkit.export import ExportOptions, export
     from toolkit.triton import RepoOptions, write_repository
     from toolkit.triton.server import free_port
 
-    root = tmp_path_factory.mktemp("triton") / "run"
+    root = module_tmp("triton") / "run"
     shutil.copytree(tiny_bundle, root)
     bundle = Bundle.load(root)
     export(bundle, ExportOptions(max_batch=16), echo=lambda *_: None)

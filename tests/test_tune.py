@@ -18,8 +18,8 @@ CANDIDATE_FIELDS = {"artifact", "max_batch_size", "instances", "queue_delay_us",
 
 
 @pytest.fixture(scope="module")
-def run(exported, tmp_path_factory):
-    return shutil.copytree(exported, tmp_path_factory.mktemp("tune") / "tiny")
+def run(exported, module_tmp):
+    return shutil.copytree(exported, module_tmp("tune") / "tiny")
 
 
 def _tune(cli, run, tmp_path, budget_ms: str, minutes: str):
