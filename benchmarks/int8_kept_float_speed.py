@@ -42,7 +42,7 @@ def export_fp32(dst: Path, size: int) -> Path:
 
 
 def main() -> None:
-    from toolkit.export.int8_search import _nodes, images_per_second, sensitive_groups
+    from toolkit.export.int8_search import images_per_second, nodes_of, sensitive_groups
     from toolkit.export.precision import prepare_for_int8, to_int8
     from toolkit.core.host import usable_cores
     from toolkit.bench.system import environment
@@ -70,7 +70,7 @@ def main() -> None:
         paths["single_shot_int8"] = single
         groups = sensitive_groups(single, prepared, "input", images=calib[:4])
         for k in (int(v) for v in args.kept.split(",")):
-            nodes = _nodes(groups[:k])
+            nodes = nodes_of(groups[:k])
             path = work / f"kept{k}.onnx"
             to_int8(prepared, path, (calib[i:i + 16] for i in range(0, len(calib), 16)), input_name="input",
                     exclude=nodes)

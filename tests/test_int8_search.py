@@ -15,7 +15,7 @@ pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def int8_hostile(tiny_data, tmp_path_factory) -> Path:
+def int8_hostile(tiny_data, module_tmp) -> Path:
     """A well-trained tiny model whose last block emits a quarter of its channels near 1000.
 
     The classifier ignores those channels (zero weights), so the float graph is as good as
@@ -27,7 +27,7 @@ def int8_hostile(tiny_data, tmp_path_factory) -> Path:
 
     from toolkit.core.bundle import Bundle
 
-    base = tmp_path_factory.mktemp("int8")
+    base = module_tmp("int8")
     fit_tiny(tiny_data, base / "run", epochs=10, lr=5e-4, augment="none")
     ckpt = torch.load(base / "run" / "model.pt", weights_only=True)
     sd = ckpt["state_dict"]
@@ -106,6 +106,22 @@ def test_when_nothing_passes_it_exits_3_naming_the_best_try_and_the_next_flag(in
     assert entry["trusted"] is False and len(entry["search"]["trials"]) == 2
     assert entry["search"]["held_out_looks"] == 1  # no probe pass: no look was spent
     assert entry["parity"]["rule"] == "delta<=1, agree>=0.95"
+
+
+def test_channel_error_counts_faint_channels_that_an_outlier_scale_zeroes():
+    """The hostile model's shape: a quarter of the channels near 1000, the informative rest
+    below 1 (under 1e-3 of the largest). One per-tensor INT8 scale zeroes the faint ones."""
+    from toolkit.export.int8_search import channel_error
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.0, 0.5, (2, 8, 4, 4)).astype(np.float32)
+    x[:, ::4] = 1000.0
+    x[:, 3] = 0.0  # a dead ReLU channel: silent, counts as exact
+    scale = x.max() / 255
+    y = np.round(x / scale) * scale
+    assert channel_error(x, y) == pytest.approx(5 / 7)  # 5 of 7 live channels destroyed
+    fine = np.round(x / 1e-3) * 1e-3  # a scale that fits the faint channels
+    assert channel_error(x, fine) < 0.01
 
 
 def test_parity_splits_flips_into_ties_and_confident_ones():

@@ -154,7 +154,7 @@ def _fallback(s: Search, base: Int8Config, best: dict, *, score: Callable) -> di
     groups = s.groups[base]
     passing, failing_k, k = None, 0, 1
     while k <= len(groups) and not s.exhausted:
-        result = s.run(replace(base, exclude=_nodes(groups[:k])))
+        result = s.run(replace(base, exclude=nodes_of(groups[:k])))
         best = max(best, result, key=score)
         if s.ok(result):
             passing = (k, result)
@@ -166,7 +166,7 @@ def _fallback(s: Search, base: Int8Config, best: dict, *, score: Callable) -> di
     low, (high, chosen) = failing_k, passing
     while high - low > 1 and not s.exhausted:  # the fewest groups that still pass
         mid = (low + high) // 2
-        result = s.run(replace(base, exclude=_nodes(groups[:mid])))
+        result = s.run(replace(base, exclude=nodes_of(groups[:mid])))
         if s.ok(result):
             high, chosen = mid, result
         else:
@@ -174,7 +174,7 @@ def _fallback(s: Search, base: Int8Config, best: dict, *, score: Callable) -> di
     return chosen
 
 
-def _nodes(groups: list[dict]) -> tuple[str, ...]:
+def nodes_of(groups: list[dict]) -> tuple[str, ...]:
     return tuple(sorted({n for g in groups for n in g["nodes"]}))
 
 
@@ -232,19 +232,25 @@ def sensitive_groups(qdq_path: Path, float_path: Path, input_name: str,
         x = values[name]
         y = (np.clip(np.round(x / scale) + zero.astype(np.float64), info.min, info.max)
              - zero.astype(np.float64)) * scale
-        groups.append({"tensor": name, "score": _channel_error(x, y), "nodes": nodes})
+        groups.append({"tensor": name, "score": channel_error(x, y), "nodes": nodes})
     return sorted(groups, key=lambda g: -g["score"])
 
 
-def _channel_error(x: np.ndarray, y: np.ndarray) -> float:
-    """Mean over channels of ||y_c - x_c|| / ||x_c|| (near-silent channels count as exact)."""
+def channel_error(x: np.ndarray, y: np.ndarray) -> float:
+    """Mean over channels of ||y_c - x_c|| / ||x_c||, capped at 1 (silent channels count as exact).
+
+    A channel is silent only at float32 rounding level (1e-6 of the largest): however faint, a
+    channel that quantization zeroes is destroyed, and faint is exactly what outliers 1000x
+    larger make the informative channels (a 1e-3 cut-off hid them on a model whose outliers
+    were at 1000 and its other channels below 1).
+    """
     if x.ndim < 2:
         return 0.0
     c = x.shape[1]
     xs = np.moveaxis(x, 1, 0).reshape(c, -1).astype(np.float64)
     ys = np.moveaxis(y, 1, 0).reshape(c, -1).astype(np.float64)
     norm = np.linalg.norm(xs, axis=1)
-    live = norm > 1e-3 * max(norm.max(), 1e-12)
+    live = norm > 1e-6 * max(norm.max(), 1e-30)
     err = np.linalg.norm(ys - xs, axis=1)[live] / norm[live]
     return float(np.minimum(err, 1.0).mean()) if live.any() else 0.0
 
