@@ -126,7 +126,10 @@ def main() -> None:
                   "single_shot": {**single, "test_split": on_test_split(work / "off", work / "test")},
                   "search": {**searched, "test_split": on_test_split(work / "run", work / "test")}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    # the scratch folder's name says nothing and differs per run: keep it out of the results
+    text = json.dumps(result, indent=2).replace(str(work), "TMPDIR")
+    result = json.loads(text)
+    args.out.write_text(text + "\n")
     for key in ("single_shot", "search"):
         r = result[key]
         print(f"{key}: exit {r['exit_code']}, gate {r['int8']['parity']}\n  test split: "

@@ -167,7 +167,8 @@ def test_training_images_split_so_the_probe_never_overlaps_calibration():
 
 def test_a_choice_the_held_out_gate_refuses_leads_on_to_more_nodes_in_float(tmp_path):
     """Percentile passes the probe but not the held-out gate: the next search goes to the
-    layer-wise fallback from it, and each refusal keeps more nodes in float."""
+    layer-wise fallback from it, and each refusal keeps more nodes in float (here each node
+    kept in float adds a point of probe agreement, so each choice beats the refused ones)."""
     from dataclasses import asdict, replace
 
     from toolkit.export.gate import Tolerances
@@ -181,7 +182,8 @@ def test_a_choice_the_held_out_gate_refuses_leads_on_to_more_nodes_in_float(tmp_
             k = len(cfg.exclude)
             trial = {"cfg": cfg, "config": asdict(cfg), "label": cfg.label(),
                      "passed": cfg == replace(first, method="percentile") or k >= 2,
-                     "confident_agreement": 0.95 if cfg.method == "percentile" else 0.9,
+                     "confident_agreement": (0.95 if cfg.method == "percentile" else 0.9)
+                     + 0.01 * k,
                      "top1_delta_points": 1.0}
             self.trials.append(trial)
             return trial
@@ -203,3 +205,23 @@ def test_a_choice_the_held_out_gate_refuses_leads_on_to_more_nodes_in_float(tmp_
     chosen = search(s, first)
     assert chosen["cfg"].exclude == ("n0", "n1", "n2")  # k = 4 passed, then the fewest: 3
     assert s.ok(chosen)
+
+
+def test_after_a_refusal_only_a_better_probe_score_is_chosen(tmp_path):
+    """The held-out gate refused a graph at 99.8% probe agreement: another graph at the same
+    99.8% (as 5 and 7 nodes in float scored on the digits) is not worth a look; 100% is."""
+    from toolkit.export.gate import Tolerances
+    from toolkit.export.int8_search import Int8Config, Search
+
+    s = Search(None, None, "input", Tolerances(), tmp_path, tmp_path, echo=lambda *_: None)
+
+    def trial(k, agreement, delta):
+        s.trials.append({"cfg": Int8Config(exclude=tuple(f"n{i}" for i in range(k))),
+                         "passed": True, "confident_agreement": agreement,
+                         "top1_delta_points": delta})
+        return s.trials[-1]
+
+    refused, tie, better = trial(5, 0.998, 0.2), trial(7, 0.998, 0.2), trial(9, 1.0, 0.0)
+    assert s.ok(refused) and s.ok(tie)
+    refused["held_out"] = {"passed": False}
+    assert not s.ok(refused) and not s.ok(tie) and s.ok(better)

@@ -3,11 +3,12 @@
 The search is judged on a probe set of *training* images that no calibration ever sees, with
 the export gate's own rule at half its slack (agreement with the FP32 graph and top-1 delta;
 never loosened); the held-out set is left to the export's gate, which a caller consults a
-bounded number of times: a trial it refused is never chosen again, and the next search resumes
-where this one stopped (so a refused calibration leads on to the layer-wise fallback). Order,
-cheapest first: calibration method and per-channel weights, a larger calibration set, then layer-wise
-fallback, which keeps the fewest, most sensitive nodes in float (ranked by how much of each
-activation's per-channel signal its quantization destroys, measured in one pass).
+bounded number of times: a trial it refused is never chosen again, nor one that does no better
+on the probe than a refused one, and the next search resumes where this one stopped (so a
+refused calibration leads on to the layer-wise fallback). Order, cheapest first: calibration
+method and per-channel weights, a larger calibration set, then layer-wise fallback, which keeps
+the fewest, most sensitive nodes in float (ranked by how much of each activation's per-channel
+signal its quantization destroys, measured in one pass).
 """
 
 from __future__ import annotations
@@ -83,8 +84,15 @@ class Search:
         return self._judge(cfg, path, info, start=time.perf_counter())
 
     def ok(self, trial: dict) -> bool:
-        """Passed the probe and was not refused by the held-out gate."""
-        return trial["passed"] and trial.get("held_out", {}).get("passed", True)
+        """Passed the probe, was not refused by the held-out gate, and did strictly better on
+        the probe than every trial the gate refused: a refusal says that a probe score that
+        high is not enough (the probe's training images are easier than unseen ones), so a
+        configuration that only ties it would spend a held-out look on the same verdict."""
+        if not trial["passed"] or not trial.get("held_out", {}).get("passed", True):
+            return False
+        refused = [probe_score(t) for t in self.trials
+                   if t.get("held_out", {}).get("passed") is False]
+        return all(probe_score(trial) > floor for floor in refused)
 
     def _judge(self, cfg: Int8Config, path: Path, info: dict, *, start: float) -> dict:
         logits = run_graph(path, self.input_name, self.probe.images)
@@ -107,6 +115,11 @@ class Search:
         return len(self.trials) >= self.max_trials
 
 
+def probe_score(trial: dict) -> tuple[float, float]:
+    """How well a trial did on the probe: confident agreement, then the smaller top-1 loss."""
+    return trial["confident_agreement"], -trial["top1_delta_points"]
+
+
 def stricter(tol: Tolerances, share: float = 0.5) -> Tolerances:
     """The gate's INT8 limits with only `share` of their slack: the probe is another sample of
     images than the held-out set, so a configuration that only just passes there may not."""
@@ -122,7 +135,7 @@ def search(s: Search, first: Int8Config) -> dict:
     on to the next stage, down to keeping more nodes in float.
     """
     def score(t: dict) -> tuple:
-        return (s.ok(t), t["confident_agreement"], -t["top1_delta_points"])
+        return (s.ok(t), *probe_score(t))
 
     best = s.run(first)  # the single shot, which failed the held-out gate before any search
     candidates = [replace(first, method=m) for m in METHODS if m != first.method]
