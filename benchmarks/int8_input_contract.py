@@ -76,9 +76,10 @@ def export_cast_orders(folder: Path, size: int) -> dict[str, Path]:
     import torchvision
 
     from toolkit.core.contract import with_preprocessing
+    from toolkit.core.manifest import Preprocess
     from toolkit.export.precision import prepare_for_int8, to_int8
 
-    pre = {"mean": MEAN, "std": STD}
+    pre = Preprocess(resize=size, crop=size, mean=MEAN, std=STD)
     net = torchvision.models.resnet50(weights=None).eval()
     rng = np.random.default_rng(1)
     calib = [rng.integers(0, 256, (8, size, size, 3), dtype=np.uint8) for _ in range(2)]

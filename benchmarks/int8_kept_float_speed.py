@@ -19,18 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-PRE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-
-
 def export_fp32(dst: Path, size: int) -> Path:
     """Random-init ResNet-50 behind the uint8 contract, as model.onnx (dynamic batch)."""
     import torch
     import torchvision
 
     from toolkit.core.contract import with_preprocessing
+    from toolkit.core.manifest import Preprocess
 
     torch.manual_seed(0)
-    model = with_preprocessing(torchvision.models.resnet50(num_classes=10).eval(), PRE)
+    pre = Preprocess(resize=size, crop=size)  # ImageNet mean and std
+    model = with_preprocessing(torchvision.models.resnet50(num_classes=10).eval(), pre)
     example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
