@@ -74,7 +74,7 @@ def imbalance(args) -> dict:
             bundle = fit(cfg, progress=False, echo=lambda *_: None)
             r = evaluate(Bundle.load(out), test)
             rows.append({"seed": seed, "balance": balance,
-                         "resolved": bundle.manifest["config"]["balance"],
+                         "resolved": bundle.manifest.config["balance"],
                          "test_accuracy": r["accuracy"],
                          "test_balanced_accuracy": r["balanced_accuracy"],
                          "test_recall_cut_classes": statistics.mean(
