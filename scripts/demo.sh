@@ -25,10 +25,19 @@ rtk finetune "$DEMO/data" --out "$RUN" --weights none --image-size 64 \
     --epochs 4 --batch-size 32 --lr 5e-4 --augment none --no-progress
 
 step "3. Export: ONNX FP32, FP16 and INT8, each gated against PyTorch"
-rtk export "$RUN" --fp16 --int8 --max-batch 32
+# Exit 3 is an honest outcome, not a crash: an artifact failed its accuracy gate and is marked
+# untrusted (INT8 can, on a CPU whose int8 kernels lose more accuracy). Nothing serves an
+# untrusted artifact, so the demo goes on with the trusted ones; anything else stops it.
+BACKENDS="torch onnxruntime onnxruntime-fp16 onnxruntime-int8"
+rtk export "$RUN" --fp16 --int8 --max-batch 32 || {
+    rc=$?; [ "$rc" = 3 ] || exit "$rc"
+    BACKENDS="torch onnxruntime onnxruntime-fp16"
+    echo "INT8 was refused by its gate on this machine (exit 3, reason above): the demo goes on" \
+         "with the trusted FP32 and FP16 graphs; rtk triton and rtk tune pick trusted ones only."
+}
 
 step "4. Evaluate every local backend on the held-out split"
-for b in torch onnxruntime onnxruntime-fp16 onnxruntime-int8; do
+for b in $BACKENDS; do
     rtk eval "$RUN" --backend "$b" --json | python -c \
         "import json,sys; r=json.load(sys.stdin); print(f\"{r['backend']:<18} accuracy {r['accuracy']:.4f}  n={r['n']}\")"
 done
