@@ -127,9 +127,7 @@ def main() -> None:
                   "search": {**searched, "test_split": on_test_split(work / "run", work / "test")}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # the scratch folder's name says nothing and differs per run: keep it out of the results
-    text = json.dumps(result, indent=2).replace(str(work), "TMPDIR")
-    result = json.loads(text)
-    args.out.write_text(text + "\n")
+    args.out.write_text(json.dumps(result, indent=2).replace(str(work), "TMPDIR") + "\n")
     for key in ("single_shot", "search"):
         r = result[key]
         print(f"{key}: exit {r['exit_code']}, gate {r['int8']['parity']}\n  test split: "

@@ -88,11 +88,9 @@ class Search:
         the probe than every trial the gate refused: a refusal says that a probe score that
         high is not enough (the probe's training images are easier than unseen ones), so a
         configuration that only ties it would spend a held-out look on the same verdict."""
-        if not trial["passed"] or not trial.get("held_out", {}).get("passed", True):
-            return False
-        refused = [probe_score(t) for t in self.trials
-                   if t.get("held_out", {}).get("passed") is False]
-        return all(probe_score(trial) > floor for floor in refused)
+        floors = [probe_score(t) for t in self.trials if refused(t)]
+        return (trial["passed"] and not refused(trial)
+                and all(probe_score(trial) > floor for floor in floors))
 
     def _judge(self, cfg: Int8Config, path: Path, info: dict, *, start: float) -> dict:
         logits = run_graph(path, self.input_name, self.probe.images)
@@ -113,6 +111,11 @@ class Search:
     @property
     def exhausted(self) -> bool:
         return len(self.trials) >= self.max_trials
+
+
+def refused(trial: dict) -> bool:
+    """The held-out gate looked at this trial and refused it."""
+    return trial.get("held_out", {}).get("passed") is False
 
 
 def probe_score(trial: dict) -> tuple[float, float]:
