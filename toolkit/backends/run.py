@@ -11,7 +11,7 @@ import numpy as np
 from ..core.bundle import Bundle
 from ..core.errors import RtkError
 from ..core.manifest import Preprocess
-from ..data.images import eval_uint8, open_rgb
+from ..data.images import load_eval
 
 
 def validation_samples(bundle: Bundle) -> list[tuple[Path, int]]:
@@ -38,12 +38,16 @@ def folder_samples(bundle: Bundle, folder: str | Path) -> list[tuple[Path, int]]
 
 def batches(paths: Sequence[Path], pre: Preprocess, batch_size: int, *,
             raw: bool = False) -> Iterator:
-    """uint8 NHWC batches of the eval transform (or raw bytes), decoded by a small thread pool."""
+    """uint8 NHWC batches of the eval transform (or raw bytes), decoded by a small thread pool
+    one batch ahead, so decoding the next batch overlaps the backend's work on this one."""
     recipe = pre.to_json()  # data/images.py is copied into Triton: it takes the plain dict
-    load = (lambda p: Path(p).read_bytes()) if raw else (lambda p: eval_uint8(open_rgb(p), recipe))
+    load = (lambda p: Path(p).read_bytes()) if raw else (lambda p: load_eval(p, recipe))
     with ThreadPoolExecutor(max_workers=4) as pool:
+        ahead = [pool.submit(load, p) for p in paths[:batch_size]]
         for i in range(0, len(paths), batch_size):
-            items = list(pool.map(load, paths[i:i + batch_size]))
+            current = ahead
+            ahead = [pool.submit(load, p) for p in paths[i + batch_size:i + 2 * batch_size]]
+            items = [f.result() for f in current]
             yield items if raw else np.stack(items)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -12,8 +12,8 @@ from ..core.bundle import Bundle
 from .harness import Timing, time_calls
 from ..core.host import usable_cores
 from ..core.manifest import Artifact
-from .system import environment, rss_mb
-from .common import PARITY_IMAGES, agreement, parity_floor, row, sample_paths
+from .system import LoadMeter, environment, rss_mb
+from .common import PARITY_IMAGES, agreement, bench_paths, parity_floor, row
 
 
 @dataclass
@@ -27,13 +27,13 @@ class BenchOptions:
     triton_concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     triton_protocols: list[str] = field(default_factory=lambda: ["http", "grpc"])
     soak_seconds: float = 0.0
+    images: str | None = None  # a folder of the user's own files: measured end to end, decoding included
 
 
-def _reference(bundle: Bundle):
+def _reference(bundle: Bundle, paths: list):
     from ..backends import open_backend
     from ..backends.run import run_backend
 
-    paths = sample_paths(bundle, PARITY_IMAGES)
     with open_backend("torch", bundle, "cpu") as ref:
         logits = run_backend(ref, paths, bundle.preprocessing)
     from ..backends.run import batches
@@ -42,15 +42,14 @@ def _reference(bundle: Bundle):
     return images, logits
 
 
-def data_pipeline(bundle: Bundle, n: int = 256) -> dict[str, Any]:
+def data_pipeline(bundle: Bundle, paths: list) -> dict[str, Any]:
     """Images/s of decode + eval transform, single-threaded and with a thread pool."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..data.images import eval_uint8, open_rgb
+    from ..data.images import load_eval
 
-    paths = sample_paths(bundle, n)
     recipe = bundle.preprocessing.to_json()  # images.py takes the plain dict (copied to Triton)
-    work = lambda p: eval_uint8(open_rgb(p), recipe)  # noqa: E731
+    work = lambda p: load_eval(p, recipe)  # noqa: E731
     t0 = time.perf_counter()
     for p in paths:
         work(p)
@@ -118,30 +117,91 @@ def bench_backend(bundle: Bundle, name: str, device: str, *, opts: BenchOptions,
                             f"{confident:.1%} with PyTorch (floor {parity_floor(name):.0%})",
                             agreement=raw)]
             for bs in opts.batch_sizes:
-                batch = np.ascontiguousarray(np.resize(images, (bs, *images.shape[1:])))
                 echo(f"  {name:<18} {device:<4} batch {bs:<4}")
-                rows.append({**_timed(backend, name, device, bs=bs, batch=batch, timing=opts.timing,
-                                     agreement=raw), **gate})
+                if opts.images:
+                    call = EndToEnd(backend, bench_paths(bundle, opts.images, 256),
+                                    bundle.preprocessing.to_json(), bs)
+                else:
+                    call = Prepared(backend, np.ascontiguousarray(np.resize(images, (bs, *images.shape[1:]))))
+                rows.append({**_timed(call, name, device, bs=bs, timing=opts.timing,
+                                      agreement=raw), **gate})
     except Exception as exc:  # e.g. torch.compile without a C++ compiler: a row, not a crash
         rows.append(row(name, device, None, status=f"error: {getattr(exc, 'message', exc)}"[:300]))
     return rows
 
 
-def _timed(backend, name, device, *, bs, batch, timing, agreement) -> dict:
+class Prepared:
+    """A backend timed on one prepared uint8 batch: model time alone."""
+
+    def __init__(self, backend, batch: np.ndarray):
+        self.backend, self.batch = backend, batch
+
+    def __call__(self):
+        return self.backend(self.batch)
+
+    def split(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+class EndToEnd:
+    """A backend fed from files: each call decodes the next `bs` files with the decode rule
+    (data/images.py, a thread pool of the host's cores) and runs the batch. Decoding and the
+    model are timed apart, so the report can show where the time goes."""
+
+    def __init__(self, backend, paths: list, recipe: dict, bs: int):
+        from concurrent.futures import ThreadPoolExecutor
+        from itertools import cycle
+
+        self.backend, self.recipe, self.bs = backend, recipe, bs
+        self.files = cycle(paths)
+        self.pool = ThreadPoolExecutor(max(1, usable_cores()))
+        self.decode_s = self.model_s = 0.0
+        self.images = 0
+
+    def __call__(self):
+        from ..data.images import load_eval
+
+        t0 = time.perf_counter()
+        files = [next(self.files) for _ in range(self.bs)]
+        batch = np.stack(list(self.pool.map(lambda p: load_eval(p, self.recipe), files)))
+        t1 = time.perf_counter()
+        out = self.backend(batch)
+        self.decode_s += t1 - t0
+        self.model_s += time.perf_counter() - t1
+        self.images += self.bs
+        return out
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+    def split(self) -> dict:
+        n = max(1, self.images)
+        return {"decode_ms_per_image": self.decode_s * 1000 / n,
+                "model_ms_per_image": self.model_s * 1000 / n}
+
+
+def _timed(call, name, device, *, bs, timing, agreement) -> dict:
     import torch
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    batch = getattr(call, "batch", None)
     try:
-        stats = time_calls(lambda: backend(batch), bs, timing, device=device)
+        with LoadMeter() as load:
+            stats = time_calls(call, bs, timing, device=device)
     except Exception as exc:  # out of memory and friends: report, keep going
         oom = "out of memory" in str(exc).lower()
         return row(name, device, bs, status=("out of memory" if oom else f"error: {exc}")[:200])
+    finally:
+        call.close()
     gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
     # Every backend takes the uint8 contract, so a GPU receives exactly the image bytes.
-    h2d = batch[0].nbytes if device == "cuda" else 0
-    return row(name, device, bs, status="ok", **stats, agreement=agreement, rss_mb=rss_mb(),
-               gpu_peak_mb=gpu_mb, h2d_bytes_per_image=h2d)
+    h2d = (batch[0].nbytes if batch is not None else 0) if device == "cuda" else 0
+    return row(name, device, bs, status="ok", **stats, **call.split(), load=load.result, agreement=agreement,
+               rss_mb=rss_mb(), gpu_peak_mb=gpu_mb, h2d_bytes_per_image=h2d)
 
 
 def default_backends() -> list[str]:
@@ -152,8 +212,9 @@ def default_backends() -> list[str]:
 
 def run_bench(bundle: Bundle, opts: BenchOptions, echo: Callable = print) -> dict[str, Any]:
     """Benchmark every requested backend and device; the result feeds `report.write`."""
-    echo("Parity reference: PyTorch eager FP32 on held-out images...")
-    images, reference = _reference(bundle)
+    source = f"the images in {opts.images}" if opts.images else "held-out images"
+    echo(f"Parity reference: PyTorch eager FP32 on {source}...")
+    images, reference = _reference(bundle, bench_paths(bundle, opts.images, PARITY_IMAGES))
     results = []
     for device in opts.devices:
         for name in opts.backends or default_backends():
@@ -171,5 +232,6 @@ def run_bench(bundle: Bundle, opts: BenchOptions, echo: Callable = print) -> dic
 
     return {"environment": environment(), "bundle": str(bundle.root),
             "arch": bundle.manifest.arch, "image_size": bundle.preprocessing.crop,
-            "timing": vars(opts.timing), "data_pipeline": data_pipeline(bundle),
+            "timing": {**asdict(opts.timing), "window_s": opts.timing.window_s}, "images": opts.images,
+            "data_pipeline": data_pipeline(bundle, bench_paths(bundle, opts.images, 256)),
             "results": results, "triton": triton, "headlines": headlines(results)}

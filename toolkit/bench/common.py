@@ -45,3 +45,24 @@ def sample_paths(bundle: Bundle, n: int) -> list:
     from ..data.loaders import round_robin
 
     return [p for p, _ in round_robin(validation_samples(bundle))][:n]
+
+
+def bench_paths(bundle: Bundle, images: str | None, n: int) -> list:
+    """Up to `n` images to measure with: the user's folder (`rtk bench --images`, any layout,
+    searched recursively, in name order), else the run's held-out images."""
+    if images is None:
+        return sample_paths(bundle, n)
+    from pathlib import Path
+
+    from ..core.errors import RtkError
+    from ..data.images import IMAGE_EXTENSIONS
+
+    root = Path(images)
+    if not root.is_dir():
+        raise RtkError(f"--images {images} is not a folder.", "Pass a folder of image files.")
+    found = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not found:
+        raise RtkError(f"{images} holds no image files ({', '.join(IMAGE_EXTENSIONS)}).",
+                       f"Run: rtk inspect {images}")
+    return found[:n]

@@ -11,8 +11,11 @@ BASELINE = ("torch", "cpu")
 
 
 def _best(results: list[dict], **match) -> dict | None:
+    """The fastest measured row matching `match`: among stable rows, else (marked by its
+    `stable: False`) among all, so a noisy machine still gets a headline that says so."""
     ok = [r for r in results if r["status"] == "ok" and all(r[k] == v for k, v in match.items())]
-    return max(ok, key=lambda r: r["throughput"], default=None)
+    stable = [r for r in ok if r.get("stable", True)]
+    return max(stable or ok, key=lambda r: r["throughput"], default=None)
 
 
 def headlines(results: list[dict]) -> dict[str, Any]:
@@ -31,7 +34,30 @@ def headlines(results: list[dict]) -> dict[str, Any]:
 def _brief(r: dict | None) -> dict | None:
     if r is None:
         return None
-    return {k: r[k] for k in ("backend", "device", "batch_size", "throughput", "p50_ms")}
+    return {k: r.get(k) for k in ("backend", "device", "batch_size", "throughput", "p50_ms", "stable")}
+
+
+ANOMALY_P99_OVER_P50 = 10  # a tail this far above the median is a stall, not a spread
+
+
+def latency_anomaly(r: dict) -> str | None:
+    """A note when a point's p99 exceeds 10x its p50 (else None): a stall, not noise."""
+    p50, p99 = r.get("p50_ms"), r.get("p99_ms")
+    if p50 and p99 and p99 > ANOMALY_P99_OVER_P50 * p50:
+        return f"latency anomaly: p99 {p99 / p50:.0f}x p50"
+    return None
+
+
+def status(r: dict) -> str:
+    """The row's status, with the stability verdict and a latency anomaly when there is one."""
+    notes = [r["status"]]
+    if r.get("stable") is False:
+        notes.append(r.get("unstable") or "unstable")
+    if latency_anomaly(r):
+        notes.append(f"**{latency_anomaly(r)}**")
+    if (r.get("load") or {}).get("busy"):
+        notes.append(f"machine busy: {r['load']['other_cores_busy']:.2f} cores used by other processes")
+    return "; ".join(notes)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -48,7 +74,9 @@ def markdown(result: dict[str, Any]) -> str:
             b = h[key]
             lines.append(f"- {label}: **{b['backend']}** at batch {b['batch_size']}: "
                          f"{b['throughput']:.1f} images/s, **{b['speedup_vs_cpu_eager']:.2f}x** "
-                         f"PyTorch eager FP32 on CPU ({h['baseline']['throughput']:.1f} images/s).")
+                         f"PyTorch eager FP32 on CPU ({h['baseline']['throughput']:.1f} images/s)"
+                         + ("; **unstable measurement**, see the table." if not (
+                             b.get("stable", True) and h["baseline"].get("stable", True)) else "."))
     dp = result["data_pipeline"]
     lines += ["", "## Data pipeline (decode + eval transform)", "",
               ", ".join(f"{k.replace('_', ' ')}: {v:.1f}" if isinstance(v, float) else f"{k}: {v}"
@@ -68,7 +96,18 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{pct(r.get('gate_top1'))} | {pct(r.get('gate_agreement', r.get('agreement')))} | "
                      f"{fmt(r['p50_ms'], 2)} | {fmt(r['p90_ms'], 2)} | {fmt(r['p99_ms'], 2)} | "
                      f"{fmt(h2d / 1000 if h2d else None, 0)} | {fmt(r.get('rss_mb'), 0)} | "
-                     f"{r['status']} |")
+                     f"{status(r)} |")
+    split = [r for r in result["results"] if r.get("decode_ms_per_image") is not None]
+    if split:
+        lines += ["", f"## End to end on {result.get('images')}: decoding next to the model", "",
+                  "Each call decodes its batch from the files (the decode rule, a thread pool of "
+                  "the host's cores), then runs it.", "",
+                  "| backend | device | batch | images/s | decode ms/img | model ms/img | decode share |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for r in split:
+            d, m = r["decode_ms_per_image"], r["model_ms_per_image"]
+            lines.append(f"| {r['backend']} | {r['device']} | {r['batch_size']} | {fmt(r['throughput'])} "
+                         f"| {d:.1f} | {m:.1f} | {d / max(1e-9, d + m):.0%} |")
     int8 = next((r for r in result["results"] if "kept_float_nodes" in r), None)
     if int8 is not None and int8.get("export_speed_vs_fp32") is not None:
         lines += ["", f"INT8 graph ({int8['backend']}): {int8['kept_float_nodes']} node(s) kept in "

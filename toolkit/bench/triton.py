@@ -1,5 +1,6 @@
-"""Triton rows for `rtk bench`: a concurrency sweep over HTTP and gRPC, server-side times,
-and a bounded soak. Requests are single images sent as encoded bytes to the ensemble."""
+"""Triton rows for `rtk bench`: a concurrency sweep over HTTP and gRPC, server-side times
+per model (decoding next to the classifier), and a bounded soak. Requests are single images
+sent as encoded bytes to the ensemble: the run's held-out images, or `--images DIR`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .system import rss_mb
+from .stability import Stability, Window, is_stable, summarize
+from .system import LoadMeter, rss_mb
 
 SERVER_PROCESSES = ("tritonserver", "triton_python_backend_stub")
 
@@ -28,19 +30,22 @@ def open_client(bundle, protocol: str, url: str):
 
 
 def load(bundle, protocol: str, url: str, *, payloads: list[bytes], concurrency: int,
-         seconds: float) -> dict[str, Any]:
-    """`concurrency` clients each sending one image at a time for `seconds`.
+         seconds: float, rule: Stability | None = None) -> dict[str, Any]:
+    """`concurrency` clients each sending one request at a time: for `seconds`, or (with a
+    stability rule) in windows of seconds / rule.max_windows until the rule holds.
 
     Each client connects in its own thread (tritonclient.http runs on gevent, whose hub
     belongs to the thread that made it), then all start together, so set-up is not timed.
-    A request that fails for any reason is counted, never fatal.
+    A request that fails for any reason is counted, never fatal. A payload is a list of
+    encoded images: one request.
     """
     clients: list = [None] * concurrency
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    images: list[list[int]] = [[] for _ in range(concurrency)]
     failures = [0] * concurrency
     errors: list[str] = []
     gate = threading.Barrier(concurrency + 1)
-    stop = [0.0]
+    done = threading.Event()
 
     def worker(i: int) -> None:
         try:
@@ -53,11 +58,13 @@ def load(bundle, protocol: str, url: str, *, payloads: list[bytes], concurrency:
         if clients[i] is None:
             return
         k = i
-        while time.perf_counter() < stop[0]:
+        while not done.is_set():
+            request = payloads[k % len(payloads)]
             t0 = time.perf_counter()
             try:
-                clients[i]([payloads[k % len(payloads)]])
-                latencies[i].append(time.perf_counter() - t0)
+                clients[i](request)
+                latencies[i].append((time.perf_counter() - t0) * 1000)
+                images[i].append(len(request))
             except Exception as exc:  # noqa: BLE001
                 failures[i] += 1
                 errors.append(getattr(exc, "message", str(exc)))
@@ -66,18 +73,38 @@ def load(bundle, protocol: str, url: str, *, payloads: list[bytes], concurrency:
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
     for t in threads:
         t.start()
-    start = time.perf_counter()
-    stop[0] = start + seconds
     gate.wait()
+    windows = _windows(latencies, images, seconds, rule)
+    done.set()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - start
     for client in clients:
         if client is not None:
             client.close()
-    lat = np.concatenate([np.asarray(x) for x in latencies]) * 1000
+    wall = sum(w.seconds for w in windows)
+    lat = np.concatenate([np.asarray(w.latencies_ms) for w in windows])
     return {"requests": int(lat.size), "failed": sum(failures), "seconds": wall,
-            "throughput": lat.size / wall, "lat_ms": lat, "first_error": errors[0] if errors else None}
+            "throughput": sum(w.images for w in windows) / wall, "lat_ms": lat, "windows": windows,
+            "first_error": errors[0] if errors else None}
+
+
+def _windows(latencies: list[list[float]], images: list[list[int]], seconds: float,
+             rule: Stability | None) -> list[Window]:
+    """Cut the clients' running records into windows until the rule holds (or one window)."""
+    window_s = seconds / max(rule.windows, rule.max_windows) if rule else seconds
+    marks = [0] * len(latencies)
+    windows: list[Window] = []
+    last = time.perf_counter()
+    while True:
+        time.sleep(max(0.0, last + window_s - time.perf_counter()))
+        now, ends = time.perf_counter(), [len(x) for x in latencies]
+        lat = [v for x, a, b in zip(latencies, marks, ends) for v in x[a:b]]
+        n = sum(v for x, a, b in zip(images, marks, ends) for v in x[a:b])
+        windows.append(Window(n, now - last, lat))
+        marks, last = ends, now
+        if rule is None or is_stable(windows, rule) or len(windows) >= max(rule.windows,
+                                                                            rule.max_windows):
+            return windows
 
 
 def server_stats(client, protocol: str) -> dict[str, dict[str, float]]:
@@ -113,38 +140,42 @@ def server_rss_mb() -> float | None:
     return sum(sizes) if sizes else None
 
 
-def sweep_point(bundle, client, protocol: str, *, url: str, payloads: list[bytes], concurrency: int,
-                seconds: float, agreement: float) -> dict[str, Any]:
-    """One row of the sweep: client latency and throughput next to Triton's own timings."""
+def sweep_point(bundle, client, protocol: str, *, url: str, payloads: list[list[bytes]],
+                concurrency: int, seconds: float, agreement: float | None,
+                rule: Stability | None = None) -> dict[str, Any]:
+    """One row of the sweep: client latency and throughput, measured in windows until stable,
+    next to Triton's own per-model queue and compute times."""
     from .common import row
 
+    rule = rule or Stability()
     before = server_stats(client.client, protocol)
-    res = load(bundle, protocol, url, payloads=payloads, concurrency=concurrency, seconds=seconds)
+    with LoadMeter() as meter:
+        res = load(bundle, protocol, url, payloads=payloads, concurrency=concurrency, seconds=seconds,
+                   rule=rule)
     side = _server_side(before, server_stats(client.client, protocol))
-    lat, first_error = res.pop("lat_ms"), res.pop("first_error")
-    if lat.size == 0:
-        return row("triton", "server", 1, status=f"all {res['failed']} requests failed: {first_error}"[:300],
-                   protocol=protocol, concurrency=concurrency)
-    status = "ok" if not res["failed"] else f"{res['failed']} failed requests, e.g. {first_error}"
-    return row("triton", "server", 1, status=status[:300], protocol=protocol, concurrency=concurrency,
-               throughput=res["throughput"], agreement=agreement, requests=res["requests"],
-               p50_ms=float(np.percentile(lat, 50)), p90_ms=float(np.percentile(lat, 90)),
-               p99_ms=float(np.percentile(lat, 99)), server=side)
+    if res["requests"] == 0:
+        return row("triton", "server", 1, status=f"all {res['failed']} requests failed: "
+                   f"{res['first_error']}"[:300], protocol=protocol, concurrency=concurrency)
+    status = "ok" if not res["failed"] else f"{res['failed']} failed requests, e.g. {res['first_error']}"
+    return row("triton", "server", len(payloads[0]), status=status[:300], protocol=protocol,
+               concurrency=concurrency, **summarize(res["windows"], rule), agreement=agreement,
+               requests=res["requests"], server=side, load=meter.result)
 
 
 def bench_triton(bundle, opts, images, *, reference, echo: Callable = print) -> dict[str, Any]:
     """Parity through the server, then the sweep per protocol, then the optional soak."""
-    from .common import PARITY_IMAGES, agreement, parity_floor, row, sample_paths
+    from .common import PARITY_IMAGES, agreement, bench_paths, parity_floor, row
 
-    paths = sample_paths(bundle, PARITY_IMAGES)
-    payloads = [p.read_bytes() for p in paths]
+    paths = bench_paths(bundle, opts.images, PARITY_IMAGES)
+    payloads = [[p.read_bytes()] for p in paths]  # one image per request
     rows, per_protocol = [], {}
     endpoints = urls(opts.triton_url, opts.triton_grpc_url)
     for protocol in opts.triton_protocols:
         url = endpoints[protocol]
         try:
             with open_client(bundle, protocol, url) as client:
-                logits = client(payloads)
+                flat = [image for request in payloads for image in request]
+                logits = np.concatenate([client(flat[i:i + 8]) for i in range(0, len(flat), 8)])
                 raw, confident = agreement(reference, logits)
                 served = client.config.get("parameters", {}).get("rtk.artifact", {})
                 artifact = served.get("string_value", "")
@@ -159,7 +190,8 @@ def bench_triton(bundle, opts, images, *, reference, echo: Callable = print) -> 
                 for c in opts.triton_concurrency:
                     echo(f"  triton {protocol:<4} concurrency {c}")
                     r = sweep_point(bundle, client, protocol, url=url, payloads=payloads, concurrency=c,
-                                     seconds=opts.timing.duration, agreement=raw)
+                                     seconds=opts.timing.duration, agreement=raw,
+                                     rule=opts.timing.stability)
                     rows.append(r)
                     if r["throughput"] is not None:
                         sweep.append(r)

@@ -23,12 +23,25 @@ from .common import BACKENDS, INT_LIST, handled
               type=INT_LIST, help="Triton sweep.")
 @click.option("--soak", "soak_seconds", default=0.0, show_default=True,
               type=click.FloatRange(min=0), help="Triton soak seconds at max concurrency.")
+@click.option("--images", type=click.Path(exists=True, file_okay=False),
+              help="A folder of your own images (any size, any layout): every backend and the "
+                   "served ensemble are measured on them end to end, decoding included.")
+@click.option("--stable-windows", default=3, show_default=True, type=click.IntRange(min=2),
+              help="Consecutive windows that must agree for a point to be stable (perf_analyzer: 3).")
+@click.option("--stability-percent", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="How closely: throughput and mean latency within this percentage of their mean "
+                   "(perf_analyzer: 10).")
+@click.option("--max-windows", default=5, show_default=True, type=click.IntRange(min=2),
+              help="Windows per point at most (each is --duration / this long); a point that "
+                   "never stabilises is reported as unstable.")
 @click.option("--out", default="benchmarks/latest", show_default=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True)
 @handled
-def bench(run_dir, backends, device, duration, out, as_json, **options):
+def bench(run_dir, backends, device, duration, out, as_json, stable_windows, stability_percent,
+          max_windows, **options):
     """Parity-checked throughput and latency of every backend; Markdown, JSON and plots."""
     from ..bench import BenchOptions, Timing, run_bench
+    from ..bench.stability import Stability
     from ..bench.report import markdown, write
     from ..core.bundle import Bundle
     from ..core.errors import RtkError
@@ -41,7 +54,10 @@ def bench(run_dir, backends, device, duration, out, as_json, **options):
     if names and "triton" in names and not options["triton_url"]:
         raise RtkError("The triton backend needs --triton-url.", "Start one with: rtk serve")
     opts = BenchOptions(backends=names, devices=["cpu", "cuda"] if device == "all" else [device],
-                        timing=Timing(duration=duration, warmup=min(2.0, duration / 5)), **options)
+                        timing=Timing(duration=duration, warmup=min(2.0, duration / 5),
+                                      stability=Stability(stable_windows, stability_percent,
+                                                          max(stable_windows, max_windows))),
+                        **options)
 
     def echo(message: str) -> None:
         click.echo(message, err=True)

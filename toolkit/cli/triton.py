@@ -25,7 +25,11 @@ from .common import handled
               help="Classifier artifact (default: INT8 on --kind cpu when its gate trusted it, "
                    "else FP32 model.onnx). An untrusted artifact is refused.")
 @click.option("--instances", type=click.IntRange(min=1),
-              help="Instances per model (default: one per 4 CPU cores on --kind cpu, 1 on gpu).")
+              help="Classifier (and postprocess) instances (default: one per 4 CPU cores on "
+                   "--kind cpu, 1 on gpu).")
+@click.option("--preprocess-instances", type=click.IntRange(min=1),
+              help="Image-decoding instances (default: one per CPU core on --kind cpu, as "
+                   "--instances on gpu).")
 @click.option("--queue-delay-us", default=100, show_default=True, help="Dynamic batching delay.")
 @click.option("--trt-fp16", is_flag=True,
               help="onnxruntime on GPU: enable the TensorRT execution accelerator in FP16.")
@@ -60,7 +64,8 @@ def triton(run_dir, as_json, **options):
                f"{opts.platform}/{opts.kind}, max batch {summary['max_batch']}) in {summary['repo']}")
     click.echo(f"Classifier artifact: {summary['artifact']}, {summary['instances']} instance(s)"
                + (f" x {summary['threads_per_instance']} ONNX Runtime threads"
-                  if summary["threads_per_instance"] else ""))
+                  if summary["threads_per_instance"] else "")
+               + f"; {summary['preprocess_instances']} image-decoding instance(s)")
     size, wait = summary["max_queue_size"], summary["queue_timeout_ms"]
     click.echo(f"Queues: {f'at most {size}' if size else 'unbounded'} requests per model, "
                f"{f'rejected after waiting {wait} ms' if wait else 'no wait limit'}")

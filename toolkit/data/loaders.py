@@ -16,18 +16,29 @@ from .scan import Scan
 
 
 class ImageDataset:
-    """(path, label) pairs decoded to RGB and transformed; a torch map-style dataset."""
+    """(path, label) pairs decoded to RGB and transformed; a torch map-style dataset.
+    `min_short`: JPEGs are decoded at the DCT scale that keeps at least this short side
+    (toolkit.data.images.open_rgb); None decodes at full size."""
 
-    def __init__(self, samples: Sequence[tuple[Path, int]], transform: Callable):
+    def __init__(self, samples: Sequence[tuple[Path, int]], transform: Callable,
+                 min_short: int | None = None):
         self.samples = list(samples)
         self.transform = transform
+        self.min_short = min_short
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
-        return self.transform(open_rgb(path)), label
+        return self.transform(open_rgb(path, min_short=self.min_short)), label
+
+
+def train_min_short(pre: Preprocess, augment: str) -> int:
+    """The short side a training decode keeps: twice the crop, so a random-resized crop of a
+    large share of the image still samples real pixels (the smallest crops are upsampled,
+    as they are from any photo); the eval resize for the unaugmented level."""
+    return pre.resize if augment == "none" else max(pre.resize, 2 * pre.crop)
 
 
 def stratified_split(samples: Sequence[tuple[Path, int]], fraction: float, seed: int):
@@ -117,8 +128,8 @@ def training_loaders(train: Sequence, val: Sequence, pre: Preprocess, *, augment
     if on_device:
         train_ds, val_ds = ByteDataset(train), ByteDataset(val)
     else:
-        train_ds = ImageDataset(train, train_transform(pre, augment))
-        val_ds = ImageDataset(val, eval_transform(pre))
+        train_ds = ImageDataset(train, train_transform(pre, augment), train_min_short(pre, augment))
+        val_ds = ImageDataset(val, eval_transform(pre), pre.resize)
     if sampler is None and world > 1:
         sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=world, rank=rank,
                                                       shuffle=True, seed=seed)

@@ -34,6 +34,7 @@ class RepoOptions:
     kind: str = "cpu"
     max_batch: int | None = None
     instances: int | None = None  # None: by cores on CPU (see cpu_layout), 1 on GPU
+    preprocess_instances: int | None = None  # None: one per core on CPU (see preprocess_instances)
     artifact: str | None = None  # onnx | fp16 | int8; None: the best trusted one for the kind
     queue_delay_us: int = 100
     trt_fp16: bool = False  # onnxruntime on GPU: TensorRT execution accelerator in FP16
@@ -77,8 +78,10 @@ def _check(opts: RepoOptions) -> None:
         raise RtkError(f"Unknown instance kind {opts.kind!r}.", "Use cpu or gpu.")
     if opts.platform == "tensorrt" and opts.kind != "gpu":
         raise RtkError("TensorRT plans run only on GPU instances.", "Add --kind gpu.")
-    if opts.instances is not None and opts.instances < 1:
-        raise RtkError(f"--instances must be at least 1, got {opts.instances}.", "Use --instances 1.")
+    for flag, value in (("--instances", opts.instances),
+                        ("--preprocess-instances", opts.preprocess_instances)):
+        if value is not None and value < 1:
+            raise RtkError(f"{flag} must be at least 1, got {value}.", f"Use {flag} 1.")
     if (opts.max_queue_size or 0) < 0 or opts.queue_timeout_ms < 0:
         raise RtkError("--max-queue-size and --queue-timeout-ms cannot be negative.",
                        "Use 0 for no limit, or leave them out for the defaults.")
@@ -151,6 +154,18 @@ def cpu_layout(opts: RepoOptions) -> tuple[int, int | None]:
     return instances, max(1, cores // instances)
 
 
+def preprocess_instances(opts: RepoOptions, classifier_instances: int) -> int:
+    """Instances of the preprocessing model. On CPU one per core: each decodes on one core
+    (PIL holds the GIL per stub process), and a camera JPEG's decode can cost more than the
+    classifier's share of the batch, so one instance left the other cores idle. On GPU the
+    classifier's count (nvJPEG decodes there)."""
+    from ..core.host import usable_cores
+
+    if opts.preprocess_instances is not None:
+        return opts.preprocess_instances
+    return usable_cores() if opts.kind == "cpu" else classifier_instances
+
+
 def build_configs(bundle: Bundle, opts: RepoOptions) -> tuple[dict[str, Any], dict[str, Any]]:
     """Protobuf configs of the four models (role -> ModelConfig) and the facts they came from."""
     _check(opts)
@@ -168,10 +183,12 @@ def build_configs(bundle: Bundle, opts: RepoOptions) -> tuple[dict[str, Any], di
     params = {"rtk.run": bundle.root.resolve().name,
               "rtk.artifact": artifact, "rtk.artifact_sha256": entry.sha256}
 
-    def serving(role: str, **extra: str) -> Serving:
-        return Serving(max_batch, opts.kind, instances, opts.queue_delay_us,
+    pre_instances = preprocess_instances(opts, instances)
+
+    def serving(role: str, count: int = instances, **extra: str) -> Serving:
+        return Serving(max_batch, opts.kind, count, opts.queue_delay_us,
                        {**params, "rtk.role": role, **extra},
-                       max_queue_size=queue_size(opts, max_batch, instances),
+                       max_queue_size=queue_size(opts, max_batch, count),
                        queue_timeout_us=opts.queue_timeout_ms * 1000)
 
     extra = {"onnx_file": "model.onnx"} if opts.platform == "python" else {}
@@ -181,13 +198,14 @@ def build_configs(bundle: Bundle, opts: RepoOptions) -> tuple[dict[str, Any], di
     made = {
         "classifier": configs.classifier(names["classifier"], opts.platform, inp, out=out,
                                          serving=serving("classifier", **extra), trt_fp16=opts.trt_fp16),
-        "preprocess": configs.preprocess(names["preprocess"], inp, serving("preprocess"),
+        "preprocess": configs.preprocess(names["preprocess"], inp, serving("preprocess", pre_instances),
                                          preprocessing=bundle.preprocessing),
         "postprocess": configs.postprocess(names["postprocess"], out, serving("postprocess")),
         "ensemble": configs.ensemble(names["ensemble"], names, inp, out=out, serving=serving("ensemble")),
     }
     return made, {"artifact": artifact, "max_batch": max_batch, "names": names,
                   "instances": instances, "threads_per_instance": threads,
+                  "preprocess_instances": pre_instances,
                   "max_queue_size": queue_size(opts, max_batch, instances),
                   "queue_timeout_ms": opts.queue_timeout_ms}
 

@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 from ..core.bundle import Bundle
 from ..core.errors import RtkError
+from ..bench.stability import Stability
+from .confirm import ROUNDS, confirm, finalists, reserve_s
 from .space import Candidate, coordinate_ascent, space_for
 
 ARTIFACT_KEYS = {"model.onnx": "onnx", "model.fp16.onnx": "fp16", "model.int8.onnx": "int8"}
@@ -32,6 +34,8 @@ class TuneOptions:
     repo: str = "model_repository"
     name: str | None = None
     backend_env: str | None = None  # the local server's Python environment (triton/backend_env.py)
+    stability: Stability = field(default_factory=Stability)  # per point (toolkit.bench.stability)
+    images: str | None = None  # measure with these files (e.g. camera photos), not the held-out set
 
 
 def trusted_artifacts(bundle: Bundle) -> list[str]:
@@ -57,16 +61,18 @@ def tune(bundle: Bundle, opts: TuneOptions, echo: Callable = print) -> dict[str,
     def options(c: Candidate, repo: str) -> RepoOptions:
         return RepoOptions(repo=repo, name=opts.name, platform=platform, kind=opts.kind,
                            max_batch=c.max_batch_size, instances=c.instances,
+                           preprocess_instances=c.preprocess_instances,
                            queue_delay_us=c.queue_delay_us, artifact=c.artifact)
 
     _, facts = build_configs(bundle, RepoOptions(name=opts.name, platform=platform, kind=opts.kind))
     default = Candidate(ARTIFACT_KEYS[facts["artifact"]], facts["max_batch"], facts["instances"],
-                        RepoOptions().queue_delay_us)
+                        RepoOptions().queue_delay_us, facts["preprocess_instances"])
     space = space_for(trusted_artifacts(bundle), facts["max_batch"], usable_cores())
     measured: dict[Candidate, list[dict]] = {}
     started, deadline = time.monotonic(), time.monotonic() + 60 * opts.budget_minutes
+    search_deadline = deadline - reserve_s(opts.seconds)  # the confirmation's share
     bench = Bench(bundle, options, opts.concurrency, seconds=opts.seconds, echo=echo,
-                  backend_env=opts.backend_env)
+                  backend_env=opts.backend_env, rule=opts.stability, images=opts.images)
 
     def score(c: Candidate) -> float:
         if c not in measured:
@@ -76,16 +82,17 @@ def tune(bundle: Bundle, opts: TuneOptions, echo: Callable = print) -> dict[str,
 
     def out_of_time() -> bool:  # stop before a candidate that would end past the budget
         per = (time.monotonic() - started) / max(1, len(measured))
-        return time.monotonic() + per > deadline
+        return time.monotonic() + per > search_deadline
 
     try:
         bench.start(default)
         coordinate_ascent(space, default, score, out_of_time=out_of_time)
+        result, pick = decide(measured, default, opts.p99_ms)
+        pick = _confirmed(bench, measured, default, pick, result, opts, echo)
     finally:
         bench.close()
-    result, pick = decide(measured, default, opts.p99_ms)
     result.update(elapsed_s=round(time.monotonic() - started, 1), budget_minutes=opts.budget_minutes,
-                  platform=platform, kind=opts.kind)
+                  platform=platform, kind=opts.kind, images=opts.images)
     if pick is not None:
         from ..triton import write_repository
 
@@ -96,9 +103,48 @@ def tune(bundle: Bundle, opts: TuneOptions, echo: Callable = print) -> dict[str,
     return result
 
 
+def _confirmed(bench, measured: dict, default: Candidate, pick: Candidate | None, result: dict,
+               opts: TuneOptions, echo: Callable) -> Candidate | None:
+    """The search's pick against the default, re-measured interleaved (confirm.py): the pick
+    stands only with a measurable gain; otherwise the default is kept. Updates `result`."""
+    budget = opts.p99_ms
+    scores = {c: objective(rows, budget) for c, rows in measured.items()}
+    result["search_best"] = result["chosen"]
+    if pick is None or pick == default or scores.get(default, -1.0) <= 0:
+        return pick  # nothing within budget, the default won, or it misses the budget itself
+    finals = finalists(scores, default)
+    at = {c: best_point(measured[c], budget)["concurrency"] for c in [default, *finals]}
+
+    def measure(c: Candidate) -> float:
+        (r,) = bench.measure(c, [at[c]])
+        ok = r["status"] == "ok" and r["p99_ms"] is not None and r["p99_ms"] <= budget
+        echo(f"    confirm {c.label()} at concurrency {at[c]}: "
+             f"{r['throughput'] or 0:.1f} images/s" + ("" if ok else " (over budget or failed)"))
+        return r["throughput"] if ok else 0.0
+
+    echo(f"  confirming: {len(finals)} finalist(s) and the default, interleaved, {ROUNDS} rounds")
+    confirmation, winner = confirm(measure, finals, default, rounds=ROUNDS)
+    result["confirmation"] = confirmation
+    if winner == default:
+        result["chosen"] = best_point([_brief(r) for r in measured[default]], budget)
+        result["speedup_vs_default"] = None
+        result["verdict"] = (f"{confirmation['verdict']} (the search's best read "
+                             f"{result['search_best']['throughput']:.1f} images/s once)")
+    else:
+        result["chosen"] = best_point([_brief(r) for r in measured[winner]], budget)
+        result["speedup_vs_default"] = confirmation["speedup"]
+        result["speedup_interval"] = confirmation["interval"]
+        c = result["chosen"]
+        result["verdict"] = (f"{c['throughput']:.1f} images/s at concurrency {c['concurrency']} with "
+                             f"p99 {c['p99_ms']:.1f} ms; confirmed interleaved: {confirmation['verdict']}")
+    return winner
+
+
 def best_point(rows: list[dict], budget: float) -> dict | None:
-    """The highest throughput within the budget, else the lowest p99 (None: nothing worked)."""
+    """The highest throughput within the budget, else the lowest p99 (None: nothing worked);
+    among stable points when there is one (an unstable one stays marked in the report)."""
     ok = [r for r in rows if r["status"] == "ok"]
+    ok = [r for r in ok if r.get("stable", True)] or ok
     within = [r for r in ok if r["p99_ms"] <= budget]
     if within:
         return max(within, key=lambda r: r["throughput"])
@@ -113,7 +159,8 @@ def objective(rows: list[dict], budget: float) -> float:
     return r["throughput"] if r["p99_ms"] <= budget else -r["p99_ms"]
 
 
-FIELDS = ("artifact", "max_batch_size", "instances", "queue_delay_us", "concurrency", "throughput",
+FIELDS = ("artifact", "max_batch_size", "instances", "preprocess_instances", "queue_delay_us",
+          "concurrency", "throughput", "stable", "load",
           "p50_ms", "p99_ms", "status", "server")
 
 
@@ -129,11 +176,17 @@ def decide(measured: dict[Candidate, list[dict]], default: Candidate,
     points = [p for _, p in owned]
     ok = [p for p in points if p["status"] == "ok"]
     within = [(c, p) for c, p in owned if p["status"] == "ok" and p["p99_ms"] <= budget]
+    stable = [(c, p) for c, p in within if p.get("stable", True)]
+    unstable_only = bool(within) and not stable
+    within = stable or within
 
     pick, chosen = max(within, key=lambda cp: cp[1]["throughput"]) if within else (None, None)
     default_point = best_point([_brief(r) for r in measured.get(default, [])], budget)
     result = {"p99_budget_ms": budget, "candidates": points, "default": default_point,
               "chosen": chosen, "candidates_measured": len(measured)}
+    if unstable_only:
+        result["warning"] = ("no point within the budget was stable: the pick rests on unstable "
+                             "readings (a busy machine?); measure longer with --seconds")
     if chosen is None:
         lowest = min(ok, key=lambda p: p["p99_ms"], default=None)
         result["verdict"] = (f"No candidate meets p99 <= {budget:g} ms"

@@ -26,15 +26,18 @@ class Bench:
 
     def __init__(self, bundle: Bundle, options: Callable[[Candidate, str], Any],
                  concurrency: list[int], *, seconds: float, echo: Callable = print,
-                 backend_env: str | None = None):
+                 backend_env: str | None = None, rule=None, images: str | None = None):
+        from ..bench.stability import Stability
+
         self.bundle, self.options, self.echo, self.backend_env = bundle, options, echo, backend_env
+        self.rule, self.images = rule or Stability(), images
         self.concurrency, self.seconds = concurrency, seconds
         self._tmp = tempfile.TemporaryDirectory(prefix="rtk-tune-")
         self.repo = Path(self._tmp.name) / "repo"
         self.server = self.client = self.control = None
 
     def start(self, first: Candidate) -> "Bench":
-        from ..bench.common import sample_paths
+        from ..bench.common import bench_paths
         from ..triton import write_repository
         from ..triton.server import TritonServer, free_port
         from ..triton.watchdog import ModelControl
@@ -45,12 +48,13 @@ class Bench:
         self.server = TritonServer(self.repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
                                    heal=False, backend_env=self.backend_env).start()
         self.control = ModelControl(f"http://{self.server.endpoints['http']}")
-        self.payloads = [p.read_bytes() for p in sample_paths(self.bundle, 32)]
+        self.payloads = [[p.read_bytes()] for p in bench_paths(self.bundle, self.images, 32)]
         self.loaded = first
         return self
 
-    def measure(self, candidate: Candidate) -> list[dict[str, Any]]:
-        """One row per concurrency (or one row saying why the candidate could not be measured)."""
+    def measure(self, candidate: Candidate, concurrency: list[int] | None = None) -> list[dict[str, Any]]:
+        """One row per concurrency (or one row saying why the candidate could not be measured),
+        each measured in windows until stable (toolkit.bench.stability)."""
         from ..bench.common import row
 
         try:
@@ -63,9 +67,9 @@ class Bench:
         url = self.server.endpoints["grpc"]
         rows = []
         with open_client(self.bundle, "grpc", url) as client:
-            for c in self.concurrency:
+            for c in concurrency or self.concurrency:
                 r = sweep_point(self.bundle, client, "grpc", url=url, payloads=self.payloads,
-                                concurrency=c, seconds=self.seconds, agreement=None)
+                                concurrency=c, seconds=self.seconds, agreement=None, rule=self.rule)
                 rows.append({**r, **candidate.describe()})
         return rows
 

@@ -29,25 +29,41 @@ def markdown(result: dict[str, Any]) -> str:
     if result.get("speedup_vs_default"):
         lines.append(f"- Over the default `rtk triton` deployment measured in the same run: "
                      f"**{result['speedup_vs_default']:.2f}x**.")
+    if result.get("warning"):
+        lines.append(f"- **Warning:** {result['warning']}.")
+    conf = result.get("confirmation")
+    if conf:
+        lines.append(f"- Confirmation: the default and {len(conf['finalists'])} finalist(s) re-measured "
+                     f"interleaved over {conf['rounds']} rounds: {conf['verdict']}.")
+        lines += [f"  - {f['label']}: per-round ratios {', '.join(f'{r:.2f}' for r in f['ratios'])}, "
+                  f"median {f['median']:.2f}x, interval {f['interval'][0]:.2f}-{f['interval'][1]:.2f}"
+                  for f in conf["finalists"]]
+    busy = [p for p in result["candidates"] if (p.get("load") or {}).get("busy")]
+    if busy:
+        lines.append(f"- **The machine was busy** during {len(busy)} of {len(result['candidates'])} "
+                     "points (other processes used CPU): their readings are less trustworthy.")
     if result.get("serve"):
         lines.append(f"- Repository written to `{result['repository']}`; serve it with "
                      f"`{result['serve']}`.")
-    lines += ["", "| artifact | max batch | instances | delay us | concurrency | images/s | p50 ms "
-              "| p99 ms | within budget | status |", "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines += ["", "| artifact | max batch | instances | decoders | delay us | concurrency | images/s "
+              "| p50 ms | p99 ms | within budget | status |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     fmt = lambda v, p=1: "" if v is None else f"{v:.{p}f}"  # noqa: E731
     for p in result["candidates"]:
         mark = " (default)" if same_point(p, result.get("default")) else ""
         mark += " **chosen**" if same_point(p, result.get("chosen")) else ""
         fits = p["status"] == "ok" and p["p99_ms"] <= budget
         lines.append(f"| {p['artifact']}{mark} | {p['max_batch_size']} | {p['instances']} | "
-                     f"{p['queue_delay_us']} | {p.get('concurrency') or ''} | {fmt(p['throughput'])} | "
+                     f"{p.get('preprocess_instances', '')} | {p['queue_delay_us']} | "
+                     f"{p.get('concurrency') or ''} | {fmt(p['throughput'])} | "
                      f"{fmt(p['p50_ms'])} | {fmt(p['p99_ms'])} | {'yes' if fits else 'no'} | "
-                     f"{p['status']} |")
+                     f"{p['status']}{'' if p.get('stable', True) else ' (unstable)'} |")
     return "\n".join(lines) + "\n"
 
 
 def same_point(a: dict, b: dict | None) -> bool:
-    keys = ("artifact", "max_batch_size", "instances", "queue_delay_us", "concurrency")
+    keys = ("artifact", "max_batch_size", "instances", "preprocess_instances", "queue_delay_us",
+            "concurrency")
     return b is not None and all(a.get(k) == b.get(k) for k in keys)
 
 

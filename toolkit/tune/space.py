@@ -14,7 +14,7 @@ from typing import Any, Callable
 MAX_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
 QUEUE_DELAYS_US = (0, 100, 500, 2000, 5000)
 INSTANCES = (1, 2, 3, 4, 6, 8)
-DIMENSIONS = ("artifact", "instances", "max_batch_size", "queue_delay_us")
+DIMENSIONS = ("artifact", "instances", "preprocess_instances", "max_batch_size", "queue_delay_us")
 
 
 @dataclass(frozen=True)
@@ -25,13 +25,14 @@ class Candidate:
     max_batch_size: int  # Triton's name, as in tune.json (`rtk triton --max-batch`)
     instances: int
     queue_delay_us: int
+    preprocess_instances: int = 1  # the image-decoding model's (`rtk triton --preprocess-instances`)
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
 
     def label(self) -> str:
         return (f"{self.artifact}, max batch {self.max_batch_size}, {self.instances} instance(s), "
-                f"delay {self.queue_delay_us} us")
+                f"delay {self.queue_delay_us} us, {self.preprocess_instances} decoding instance(s)")
 
 
 @dataclass(frozen=True)
@@ -42,17 +43,20 @@ class Space:
     max_batches: tuple[int, ...]
     instances: tuple[int, ...]
     queue_delays_us: tuple[int, ...] = QUEUE_DELAYS_US
+    preprocess_instances: tuple[int, ...] = ()  # empty: the start's count only
 
     def values(self, dimension: str) -> tuple:
         return {"artifact": self.artifacts, "max_batch_size": self.max_batches,
-                "instances": self.instances, "queue_delay_us": self.queue_delays_us}[dimension]
+                "instances": self.instances, "preprocess_instances": self.preprocess_instances,
+                "queue_delay_us": self.queue_delays_us}[dimension]
 
 
 def space_for(trusted: list[str], batch_limit: int, cores: int) -> Space:
-    """Trusted artifacts, batch sizes up to the artifact limit, instances up to the cores."""
+    """Trusted artifacts, batch sizes up to the artifact limit, instances of the classifier
+    and of the decoder up to the cores."""
     batches = tuple(b for b in MAX_BATCHES if b <= batch_limit) or (batch_limit,)
     instances = tuple(i for i in INSTANCES if i <= max(1, cores)) or (1,)
-    return Space(tuple(trusted), batches, instances)
+    return Space(tuple(trusted), batches, instances, preprocess_instances=instances)
 
 
 def step(space: Space, current: Candidate, dimension: str, *, direction: int) -> Candidate | None:

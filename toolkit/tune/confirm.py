@@ -1,0 +1,57 @@
+"""The end of `rtk tune`: the search's best few and the default deployment, re-measured
+interleaved, so that the pick rests on a speedup with an interval and not on single readings.
+
+A search reading is one stable point, but a busy moment can still favour one candidate
+(measured on this project's 2-core CPU: the same FP32 deployment read 150 images/s once and
+45-113 at its neighbours). Interleaving spreads such moments over every finalist; a gain
+whose interval includes 1 is "no measurable gain", and the default is kept.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..bench.stability import interleaved
+from .space import Candidate
+
+FINALISTS = 2  # besides the default
+ROUNDS = 3
+LOAD_S = 3.0  # what one reload of the four models costs on the 2-core CPU, for the time reserve
+
+
+def reserve_s(seconds: float, rounds: int = ROUNDS, finalists: int = FINALISTS) -> float:
+    """Search time held back for the confirmation: every finalist and the default, per round."""
+    return rounds * (finalists + 1) * (seconds + LOAD_S)
+
+
+def finalists(scores: dict[Candidate, float], default: Candidate, n: int = FINALISTS) -> list[Candidate]:
+    """The `n` best-scoring candidates other than the default that beat it (positive scores:
+    within the budget)."""
+    base = scores.get(default, float("-inf"))
+    ranked = sorted((c for c, s in scores.items() if c != default and s > max(0.0, base)),
+                    key=lambda c: -scores[c])
+    return ranked[:n]
+
+
+def confirm(measure: Callable[[Candidate], float], chosen: list[Candidate], default: Candidate,
+            *, rounds: int = ROUNDS) -> dict:
+    """Interleaved rounds of the default and the finalists; the winner is the finalist with the
+    best median ratio whose whole interval is above 1, else the default."""
+    comparisons = interleaved(measure, chosen, default, rounds=rounds)
+    rows = [{"candidate": c.describe(), "label": c.label(), "ratios": [round(r, 3) for r in comp.ratios],
+             "median": round(comp.median, 3), "interval": [round(v, 3) for v in comp.interval()],
+             "measurable_gain": comp.measurable_gain()} for c, comp in comparisons.items()]
+    gains = [(comp.median, c) for c, comp in comparisons.items() if comp.measurable_gain()]
+    winner = max(gains, key=lambda g: g[0])[1] if gains else default
+    out = {"rounds": rounds, "finalists": rows, "winner": winner.describe()}
+    if winner == default:
+        best = max(comparisons.values(), key=lambda comp: comp.median, default=None)
+        out["verdict"] = ("no measurable gain over the default" + (
+            f" (best finalist {best.median:.2f}x, interval {best.interval()[0]:.2f}-"
+            f"{best.interval()[1]:.2f})" if best else "") + "; the default is kept")
+    else:
+        comp = comparisons[winner]
+        lo, hi = comp.interval()
+        out["verdict"] = f"{comp.median:.2f}x the default (90% interval {lo:.2f}-{hi:.2f})"
+        out["speedup"], out["interval"] = comp.median, [lo, hi]
+    return out, winner
