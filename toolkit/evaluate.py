@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,10 +23,13 @@ def evaluate(bundle: Bundle, data_dir: str | Path | None, backend_name: str = "t
     samples = folder_samples(bundle, data_dir) if data_dir else validation_samples(bundle)
     paths, labels = [p for p, _ in samples], np.array([y for _, y in samples])
     with open_backend(backend_name, bundle, device, **backend_options) as backend:
+        start = time.perf_counter()  # decoding and inference, not opening the backend
         logits = run_backend(backend, paths, bundle.preprocessing, batch_size=batch_size, progress=progress)
+        seconds = time.perf_counter() - start
     result = classification(logits, labels, bundle.classes)
     return {"backend": backend_name, "device": device,
-            "data": str(data_dir) if data_dir else "validation split", **result}
+            "data": str(data_dir) if data_dir else "validation split", **result,
+            "seconds": seconds, "images_per_second": len(paths) / max(1e-9, seconds)}
 
 
 def predict(bundle: Bundle, images: Sequence[str | Path], backend_name: str = "torch",

@@ -21,6 +21,9 @@ from .common import BACKENDS, INT_LIST, handled
 @click.option("--triton-grpc-url", help="HOST:PORT for gRPC (default: the HTTP port + 1).")
 @click.option("--concurrency", "triton_concurrency", default="1,2,4,8", show_default=True,
               type=INT_LIST, help="Triton sweep.")
+@click.option("--protocols", "triton_protocols", default="http,grpc", show_default=True,
+              type=click.Choice(["http", "grpc", "http,grpc", "grpc,http"]),
+              help="Triton protocols to sweep.")
 @click.option("--soak", "soak_seconds", default=0.0, show_default=True,
               type=click.FloatRange(min=0), help="Triton soak seconds at max concurrency.")
 @click.option("--images", type=click.Path(exists=True, file_okay=False),
@@ -53,6 +56,7 @@ def bench(run_dir, backends, device, duration, out, as_json, stable_windows, sta
         raise RtkError(f"Unknown backend(s): {', '.join(unknown)}.", f"Choose from {', '.join(BACKENDS)}.")
     if names and "triton" in names and not options["triton_url"]:
         raise RtkError("The triton backend needs --triton-url.", "Start one with: rtk serve")
+    options["triton_protocols"] = options["triton_protocols"].split(",")
     opts = BenchOptions(backends=names, devices=["cpu", "cuda"] if device == "all" else [device],
                         timing=Timing(duration=duration, warmup=min(2.0, duration / 5),
                                       stability=Stability(stable_windows, stability_percent,

@@ -50,7 +50,7 @@ def eval_cmd(run_dir, data_dir, backend, device, url, protocol, tensors, batch_s
         return
     click.echo(f"{backend} on {result['data']}: accuracy {result['accuracy']:.4f}  "
                f"balanced {result['balanced_accuracy']:.4f}  top-5 {result['top5']:.4f}  "
-               f"n={result['n']}")
+               f"n={result['n']}  ({result['images_per_second']:.1f} images/s, decoding included)")
     for name, acc in result["per_class"].items():
         click.echo(f"  {name:<20} {'-' if acc is None else f'{acc:.4f}'}")
     click.echo("weakest: " + ", ".join(f"{c} ({a:.2%})" for c, a in weakest(result["per_class"])))

@@ -16,7 +16,6 @@ resize. `load_eval` is the rule for the evaluation transform; training asks for 
 from __future__ import annotations
 
 import io
-import math
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -61,10 +60,10 @@ def scaled_draft(img: Image.Image, min_short: int) -> None:
     w, h = img.size
     if img.format != "JPEG" or min(w, h) < 2 * min_short:
         return
-    ratio = min_short / min(w, h)
+    short = min(w, h)
     # PIL picks the largest scale in 1/2..1/8 with w/scale >= asked width and h/scale >= asked
     # height (it rounds the decoded size up), so asking min_short for the short side is exact.
-    img.draft(None, (max(1, math.ceil(w * ratio)), max(1, math.ceil(h * ratio))))
+    img.draft(None, (-(-w * min_short // short), -(-h * min_short // short)))  # ceil division
 
 
 def load_eval(source, pre: dict) -> np.ndarray:
