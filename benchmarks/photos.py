@@ -159,7 +159,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/cpu/photos")
     ap.add_argument("--before", help="a commit whose code is measured too (served, eval, finetune)")
     ap.add_argument("--run", help="reuse a trained and exported ResNet-50 run")
-    ap.add_argument("--per-class", type=int, default=12)
+    ap.add_argument("--per-class", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=20.0)
     args = ap.parse_args()
     from toolkit.bench.system import environment

@@ -168,19 +168,18 @@ def test_queue_policy_defaults_and_flags(tmp_path):
     from toolkit.triton.repository import build_configs
 
     bundle = fake_bundle(tmp_path / "run")
+    # by default no queue policy: it would turn off Triton's payload prefetching (the 500 ms stall)
     made, facts = build_configs(bundle, RepoOptions(platform="python", instances=2))
-    assert facts["max_queue_size"] == 4 * 64 * 2 and facts["queue_timeout_ms"] == 5000
+    assert facts["max_queue_size"] == 0 and facts["queue_timeout_ms"] == 0
     for role in ("classifier", "preprocess", "postprocess"):
-        policy = made[role].dynamic_batching.default_queue_policy
-        assert policy.max_queue_size == 512 and policy.default_timeout_microseconds == 5_000_000
-        assert policy.allow_timeout_override and policy.timeout_action == 0  # REJECT
+        assert made[role].HasField("dynamic_batching")
+        assert not made[role].dynamic_batching.HasField("default_queue_policy")
     made, _ = build_configs(bundle, RepoOptions(platform="python", max_queue_size=4,
                                                 queue_timeout_ms=500))
-    policy = made["classifier"].dynamic_batching.default_queue_policy
-    assert (policy.max_queue_size, policy.default_timeout_microseconds) == (4, 500_000)
-    made, _ = build_configs(bundle, RepoOptions(platform="python", max_queue_size=0,
-                                                queue_timeout_ms=0))
-    assert not made["classifier"].dynamic_batching.HasField("default_queue_policy")
+    for role in ("classifier", "preprocess", "postprocess"):
+        policy = made[role].dynamic_batching.default_queue_policy
+        assert (policy.max_queue_size, policy.default_timeout_microseconds) == (4, 500_000)
+        assert policy.allow_timeout_override and policy.timeout_action == 0  # REJECT
 
 
 def test_queue_flags_on_the_cli(tmp_path, cli):
@@ -193,6 +192,7 @@ def test_queue_flags_on_the_cli(tmp_path, cli):
                  "--max-queue-size", "8", "--queue-timeout-ms", "250")
     assert result.exit_code == 0, result.output
     assert "at most 8 requests per model, rejected after waiting 250 ms" in result.stdout
+    assert "payload prefetching" in result.stderr and "--instances 2" in result.stderr  # 1 instance
     text = (tmp_path / "repo" / "run_classifier" / "config.pbtxt").read_text()
     assert "max_queue_size: 8" in text and "default_timeout_microseconds: 250000" in text
     assert_user_error(cli("triton", bundle.root, "--repo", tmp_path / "r2", "--max-queue-size",

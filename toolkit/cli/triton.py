@@ -35,10 +35,10 @@ from .common import handled
               help="onnxruntime on GPU: enable the TensorRT execution accelerator in FP16.")
 @click.option("--target-tensorrt", help="tensorrt: TensorRT version of the serving host (default: here).")
 @click.option("--target-cc", help="tensorrt: GPU compute capability of the serving host (default: here).")
-@click.option("--max-queue-size", type=int,
-              help="Requests each model may queue; more are rejected at once (default: 4 x max "
-                   "batch x instances; 0: unbounded).")
-@click.option("--queue-timeout-ms", default=5000, show_default=True,
+@click.option("--max-queue-size", type=int, default=0, show_default=True,
+              help="Requests each model may queue; more are rejected at once (0: unbounded). A "
+                   "bound turns off Triton's payload prefetching: use it with --instances 2+.")
+@click.option("--queue-timeout-ms", type=int, default=0, show_default=True,
               help="A request that waited this long in a model's queue is rejected (0: never).")
 @click.option("--json", "as_json", is_flag=True)
 @handled

@@ -40,22 +40,25 @@ class RepoOptions:
     trt_fp16: bool = False  # onnxruntime on GPU: TensorRT execution accelerator in FP16
     target_tensorrt: str | None = None  # tensorrt: the Triton host's TensorRT (default: here)
     target_cc: str | None = None  # tensorrt: the Triton host's GPU compute capability
-    max_queue_size: int | None = None  # None: QUEUE_BATCHES x max batch x instances; 0: unbounded
-    queue_timeout_ms: int = 5000  # longest queue wait before REJECT (see QUEUE_TIMEOUT_MS); 0: none
+    max_queue_size: int = 0  # requests each model may queue before REJECT; 0: unbounded
+    queue_timeout_ms: int = 0  # longest queue wait before REJECT; 0: none
 
 
-# Queue bounds. A full 64-image batch of ResNet-50 at 224 px takes ~2.5 s in ONNX Runtime on
-# this 2-core CPU (benchmarks/cpu/report.md: 630 ms for 16), milliseconds on a GPU. A 5 s wait
-# covers two such CPU batches, so at capacity nothing times out; a queue of four batches per
-# instance keeps the instances busy, and a burst beyond that is rejected at once, not queued.
-QUEUE_BATCHES = 4
+# Why queues are unbounded by default: any queue policy (a max_queue_size or a default
+# timeout) turns off payload prefetching in Triton core's dynamic batcher, which then wakes
+# on a new request only if an instance is already waiting for work. A request that arrives
+# while the single instance is still returning from the previous one waits out the batcher's
+# 500 ms timer (core r24.10, dynamic_batch_scheduler.cc: default_wait_microseconds). Measured
+# on the 2-core CPU (benchmarks/cpu/serving/latency.md): 20 of 2,018 classifier requests at
+# 505-512 ms with a queue policy, none over 12 ms without; with 2 instances, none either.
+QUEUE_STALL_HINT = ("a bounded queue turns off Triton's payload prefetching: with 1 instance "
+                    "per model, requests can wait out the dynamic batcher's 500 ms timer; "
+                    "use --instances 2 or more (benchmarks/cpu/serving/latency.md)")
 
 
 def queue_size(opts: RepoOptions, max_batch: int, instances: int = 1) -> int:
-    """The max_queue_size written into each model's dynamic batching queue policy."""
-    if opts.max_queue_size is not None:
-        return opts.max_queue_size
-    return QUEUE_BATCHES * max_batch * instances
+    """The max_queue_size written into each model's dynamic batching queue policy (0: none)."""
+    return opts.max_queue_size
 
 
 def model_names(name: str) -> dict[str, str]:
@@ -222,6 +225,9 @@ def write_repository(bundle: Bundle, opts: RepoOptions, echo: Callable = print) 
             _write_model(tmp / config.name, role, config, bundle=bundle, artifact=facts["artifact"])
         verify_repository(tmp)
     echo(f"Wrote {len(made)} models to {repo}: " + ", ".join(c.name for c in made.values()))
+    if (opts.max_queue_size or opts.queue_timeout_ms) and min(
+            facts["instances"], facts["preprocess_instances"]) < 2:
+        echo(f"Warning: {QUEUE_STALL_HINT}.")
     return {"repo": str(repo), "platform": opts.platform, "kind": opts.kind, **facts}
 
 
