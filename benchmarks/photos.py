@@ -32,9 +32,11 @@ PY = sys.executable
 
 
 def rtk(*args, tree: Path = ROOT, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """`python -m toolkit ARGS` from `tree`: run in that folder, whose path `-m` puts first
+    (ahead of the editable install of this tree)."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     return subprocess.run([PY, "-m", "toolkit", *map(str, args)], env=env, check=check, text=True,
-                          capture_output=True, **kw)
+                          capture_output=True, cwd=tree, **kw)
 
 
 def make_photos(work: Path, per_class: int) -> dict[str, Path]:
@@ -84,8 +86,8 @@ def served(run: Path, photos: dict[str, Path], work: Path, *, tree: Path, label:
     http, grpc, metrics = free_port(), free_port(), free_port()
     server = subprocess.Popen([PY, "-m", "toolkit", "serve", repo, "--http-port", str(http),
                                "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--quiet"],
-                              env={**os.environ, "PYTHONPATH": str(tree)}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+                              env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_ready(http, server)
         for name, folder in photos.items():
@@ -111,9 +113,9 @@ def _wait_ready(port: int, server: subprocess.Popen) -> None:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2)
             return
-        except OSError:
+        except OSError as exc:
             if server.poll() is not None:
-                raise SystemExit("rtk serve exited before it was ready")
+                raise SystemExit("rtk serve exited before it was ready") from exc
             time.sleep(1)
     raise SystemExit("rtk serve was not ready within 300 s")
 
@@ -132,7 +134,7 @@ print(json.dumps({"images": r["n"], "seconds": time.perf_counter() - t0}))
 def eval_speed(run: Path, folder: Path, backend: str, tree: Path) -> dict:
     """images/s of the library's evaluate (backend opening included, equal for both trees)."""
     done = subprocess.run([PY, "-c", EVAL, str(run), str(folder), backend], check=True, text=True,
-                          capture_output=True, env={**os.environ, "PYTHONPATH": str(tree)})
+                          capture_output=True, env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree)
     r = json.loads(done.stdout.strip().splitlines()[-1])
     return {**r, "images_per_second": r["images"] / r["seconds"]}
 
@@ -144,13 +146,15 @@ def finetune_speed(data: Path, out: Path, tree: Path) -> dict:
     return {"epochs": len(rows), "train_images_per_second_last_epoch": float(rows[-1]["images_per_second"])}
 
 
-def as_eval_folder(folder: Path, work: Path, name: str) -> Path:
-    """The photos under class folders the digits run knows ("0", "1"): eval speed, not accuracy."""
+def as_eval_folder(folder: Path, work: Path, name: str, repeats: int = 4) -> Path:
+    """The photos under class folders the digits run knows ("0", "1"), each linked `repeats`
+    times (enough images that opening the backend is a small part): eval speed, not accuracy."""
     dst = work / name
     for i, cls in enumerate(sorted(p for p in folder.iterdir() if p.is_dir())):
         (dst / str(i)).mkdir(parents=True, exist_ok=True)
         for p in cls.iterdir():
-            (dst / str(i) / p.name).symlink_to(p)
+            for r in range(repeats):
+                (dst / str(i) / f"r{r}_{p.name}").symlink_to(p)
     return dst
 
 
@@ -178,12 +182,18 @@ def main() -> None:
         result["photos"] = {k: {"images": len(list(v.rglob("*.jpg"))), "mb_per_image": round(
             sum(p.stat().st_size for p in v.rglob("*.jpg")) / len(list(v.rglob("*.jpg"))) / 1e6, 2)}
             for k, v in photos.items()}
-        run = Path(args.run) if args.run else train_resnet50(work)
+        run = Path(args.run).resolve() if args.run else train_resnet50(work)
         if not args.run:
             result["export"] = export(run)
+        else:
+            from toolkit.core.bundle import Bundle
+
+            result["export"] = {"reused_run": True,
+                                "int8_trusted": Bundle.load(run).manifest.trusted("model.int8.onnx")}
         for label, tree in trees.items():
             print(f"served ({label})...", file=sys.stderr)
-            result[f"served_{label}"] = served(run, photos, work, tree=tree, label=label, seconds=args.seconds)
+            result[f"served_{label}"] = served(run, photos, work, tree=tree, label=label,
+                                               seconds=args.seconds)
         evals = {k: as_eval_folder(v, work, f"eval_{k}") for k, v in photos.items()}
         for label, tree in trees.items():
             print(f"eval ({label})...", file=sys.stderr)

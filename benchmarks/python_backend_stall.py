@@ -42,7 +42,8 @@ VARIANTS = {  # name -> (dynamic_batching block or "", instances)
     "batching_queue_policy": (f"dynamic_batching {{ max_queue_delay_microseconds: 100 {POLICY} }}", 1),
     "batching_no_policy": ("dynamic_batching { max_queue_delay_microseconds: 100 }", 1),
     "no_batching": ("", 1),
-    "batching_queue_policy_2_instances": (f"dynamic_batching {{ max_queue_delay_microseconds: 100 {POLICY} }}", 2),
+    "batching_queue_policy_2_instances": (
+        f"dynamic_batching {{ max_queue_delay_microseconds: 100 {POLICY} }}", 2),
 }
 
 

@@ -80,7 +80,7 @@ def burst(bundle, url: str, payload: bytes, n: int = 256) -> dict:
 
 def measure(run: Path, options: list[str], seconds: float, work: Path) -> dict:
     from toolkit.bench.common import sample_paths
-    from toolkit.bench.triton import load, open_client
+    from toolkit.bench.triton import load
     from toolkit.core.bundle import Bundle
     from toolkit.triton.server import TritonServer, free_port
 

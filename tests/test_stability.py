@@ -95,3 +95,28 @@ def test_finalists_are_the_best_scores_that_beat_the_default():
               Candidate("int8", 1, 1, 100, 2): -400.0}
     assert finalists(scores, DEFAULT) == [FAST, LUCKY]
     assert finalists({DEFAULT: 100.0, LUCKY: 99.0}, DEFAULT) == []
+
+
+def test_the_bench_report_flags_unstable_busy_and_stalled_points():
+    from toolkit.bench.report import latency_anomaly, status
+
+    calm = {"status": "ok", "stable": True, "p50_ms": 5.0, "p99_ms": 20.0,
+            "load": {"other_cores_busy": 0.0, "busy": False}}
+    assert status(calm) == "ok" and latency_anomaly(calm) is None
+    stalled = {**calm, "p99_ms": 510.0}  # the Python backend's 500 ms stall at p99
+    assert latency_anomaly(stalled) == "latency anomaly: p99 102x p50"
+    noisy = {**calm, "stable": False, "unstable": "unstable: spread 30%",
+             "load": {"other_cores_busy": 0.9, "busy": True}}
+    assert status(noisy) == "ok; unstable: spread 30%; machine busy: 0.90 cores used by other processes"
+
+
+def test_headlines_prefer_stable_points():
+    from toolkit.bench.report import headlines
+
+    rows = [{"backend": "torch", "device": "cpu", "batch_size": 1, "throughput": 10.0, "p50_ms": 1.0,
+             "status": "ok", "stable": True},
+            {"backend": "onnxruntime", "device": "cpu", "batch_size": 8, "throughput": 90.0,
+             "p50_ms": 1.0, "status": "ok", "stable": False},
+            {"backend": "onnxruntime", "device": "cpu", "batch_size": 1, "throughput": 40.0,
+             "p50_ms": 1.0, "status": "ok", "stable": True}]
+    assert headlines(rows)["best_cpu"]["throughput"] == 40.0  # not the unstable 90

@@ -270,3 +270,22 @@ def test_an_untrusted_artifact_is_refused_when_asked_for(bundle, tmp_path):
     summary = write_repository(bundle, RepoOptions(repo=str(tmp_path / "r"), artifact="onnx"),
                                echo=lambda *_: None)
     assert summary["artifact"] == "model.onnx"
+
+
+def test_decoding_instances_default_to_the_cores_and_are_settable(bundle, tmp_path, monkeypatch):
+    """A camera JPEG's decode costs more than the classifier's share of a batch: one decoding
+    instance per core on CPU, so no core idles while one decodes (issue 29)."""
+    from toolkit.core import host
+
+    monkeypatch.setattr(host, "usable_cores", lambda: 6)
+    made, facts = repository.build_configs(bundle, RepoOptions(platform="python"))
+    assert facts["preprocess_instances"] == 6 and facts["instances"] == 1
+    assert made["preprocess"].instance_group[0].count == 6
+    assert made["classifier"].instance_group[0].count == 1
+    made, facts = repository.build_configs(bundle, RepoOptions(platform="python",
+                                                               preprocess_instances=3))
+    assert made["preprocess"].instance_group[0].count == 3 == facts["preprocess_instances"]
+    _, gpu = repository.build_configs(bundle, RepoOptions(kind="gpu", instances=2))
+    assert gpu["preprocess_instances"] == 2  # nvJPEG on the GPU: as many as the classifier
+    with pytest.raises(RtkError, match="--preprocess-instances must be at least 1"):
+        repository.build_configs(bundle, RepoOptions(preprocess_instances=0))

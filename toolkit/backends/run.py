@@ -30,7 +30,7 @@ def validation_samples(bundle: Bundle) -> list[tuple[Path, int]]:
 def folder_samples(bundle: Bundle, folder: str | Path) -> list[tuple[Path, int]]:
     from ..data.scan import scan_folder
 
-    scan = scan_folder(folder, classes=bundle.classes)
+    scan = scan_folder(folder, classes=bundle.classes, verify=False)  # decoded next: once
     if not scan.samples:
         raise RtkError(f"{folder} holds no readable images.", f"Run: rtk inspect {folder}")
     return scan.samples
@@ -41,7 +41,15 @@ def batches(paths: Sequence[Path], pre: Preprocess, batch_size: int, *,
     """uint8 NHWC batches of the eval transform (or raw bytes), decoded by a small thread pool
     one batch ahead, so decoding the next batch overlaps the backend's work on this one."""
     recipe = pre.to_json()  # data/images.py is copied into Triton: it takes the plain dict
-    load = (lambda p: Path(p).read_bytes()) if raw else (lambda p: load_eval(p, recipe))
+    def decode(path):
+        try:
+            return load_eval(path, recipe)
+        except Exception as exc:  # PIL raises many types for a corrupt or truncated file
+            raise RtkError(f"Could not read an image: {path}: {exc}.",
+                           "Remove or replace the file; `rtk inspect DATA_DIR` lists every "
+                           "unreadable image of a folder.") from None
+
+    load = (lambda p: Path(p).read_bytes()) if raw else decode
     with ThreadPoolExecutor(max_workers=4) as pool:
         ahead = [pool.submit(load, p) for p in paths[:batch_size]]
         for i in range(0, len(paths), batch_size):

@@ -49,8 +49,10 @@ def list_classes(root: Path) -> list[str]:
     return classes
 
 
-def check_image(path: Path) -> tuple[str | None, tuple[int, int] | None, str | None, str | None]:
-    """Decode one file (a JPEG at 1/8 scale): (problem, size, mode, format); None when usable."""
+def check_image(path: Path, verify: bool = True
+                ) -> tuple[str | None, tuple[int, int] | None, str | None, str | None]:
+    """Decode one file (a JPEG at 1/8 scale): (problem, size, mode, format); None when usable.
+    `verify=False` reads the header only (eval decodes every image anyway: not twice)."""
     from PIL import Image
 
     from .images import MAX_PIXELS
@@ -62,8 +64,9 @@ def check_image(path: Path) -> tuple[str | None, tuple[int, int] | None, str | N
             size, mode, fmt = img.size, img.mode, img.format
             if size[0] * size[1] > MAX_PIXELS:  # the same limit training and serving apply
                 return f"too large: {size[0]}x{size[1]} exceeds {MAX_PIXELS} pixels", None, None, None
-            img.draft(None, (1, 1))  # JPEG: an eighth-scale IDCT still entropy-decodes every byte
-            img.load()  # raises on truncated data
+            if verify:
+                img.draft(None, (1, 1))  # JPEG: an eighth-scale IDCT still entropy-decodes every byte
+                img.load()  # raises on truncated data
     except Image.DecompressionBombError as exc:
         return f"too large: {exc}", None, None, None
     except Exception as exc:  # PIL raises many types for corrupt files
@@ -72,8 +75,10 @@ def check_image(path: Path) -> tuple[str | None, tuple[int, int] | None, str | N
     return None, size, mode, fmt
 
 
-def scan_folder(root: str | Path, classes: list[str] | None = None, progress: bool = False) -> Scan:
-    """Scan `root`; with `classes`, map folders onto a known class list (unknown ones are errors)."""
+def scan_folder(root: str | Path, classes: list[str] | None = None, progress: bool = False,
+                *, verify: bool = True) -> Scan:
+    """Scan `root`; with `classes`, map folders onto a known class list (unknown ones are errors).
+    `verify=False`: headers only, no duplicate hashes (for a folder that is decoded next)."""
     root = Path(root)
     found = list_classes(root)
     if classes is not None:
@@ -89,7 +94,7 @@ def scan_folder(root: str | Path, classes: list[str] | None = None, progress: bo
         if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
             scan.ignored.append(path)
             continue
-        problem, size, mode, fmt = check_image(path)
+        problem, size, mode, fmt = check_image(path, verify)
         if problem:
             scan.unreadable.append((path, problem))
             continue
@@ -99,7 +104,8 @@ def scan_folder(root: str | Path, classes: list[str] | None = None, progress: bo
         scan.formats[fmt] += 1
         if min(size) < TINY_SIDE:
             scan.tiny.append((path, size))
-        by_hash[hashlib.sha256(path.read_bytes()).hexdigest()].append(path)
+        if verify:
+            by_hash[hashlib.sha256(path.read_bytes()).hexdigest()].append(path)
     scan.duplicates = [paths for paths in by_hash.values() if len(paths) > 1]
     return scan
 

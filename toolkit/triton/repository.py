@@ -198,6 +198,10 @@ def build_configs(bundle: Bundle, opts: RepoOptions) -> tuple[dict[str, Any], di
     if threads:  # read by rtk's Python-backend classifier and by Triton's onnxruntime backend
         extra.update(intra_op_threads=str(threads), intra_op_thread_count=str(threads),
                      inter_op_thread_count="1")
+        # rtk's classifier: idle ONNX Runtime threads sleep, so the decoding instances on the
+        # same cores get them (12 MP JPEGs served: 31.5 against 27.6 images/s; 320x240: 99.5
+        # against 102.2, within the run-to-run spread; benchmarks/cpu/photos/README.md)
+        extra.update(intra_op_allow_spinning="0")
     made = {
         "classifier": configs.classifier(names["classifier"], opts.platform, inp, out=out,
                                          serving=serving("classifier", **extra), trt_fp16=opts.trt_fp16),
