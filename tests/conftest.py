@@ -12,7 +12,9 @@ import os
 import shutil
 import signal
 import subprocess
+import struct
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -285,3 +287,14 @@ def assert_user_error(result, *fragments: str) -> None:
     assert "Traceback" not in text, text
     for fragment in fragments:
         assert fragment in text, f"{fragment!r} not in:\n{text}"
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A real decompression bomb: a valid grayscale PNG of width x height zero pixels whose
+    compressed data takes a few hundred KB."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    row = b"\0" * (width + 1)  # filter byte + pixels
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(row * height, 9))
+            + chunk(b"IEND", b""))

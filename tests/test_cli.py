@@ -50,6 +50,7 @@ ERRORS = {
     "finetune": (["{missing}", "--out", "{empty}/run", *TINY_TRAIN], "is not a folder"),
     "inspect": (["{missing}"], "is not a folder"),
     "predict": (["{empty}", "{file}"], NOT_A_RUN),
+    "ready": (["127.0.0.1:1"], "does not answer its model index"),
     "report": (["{empty}"], NOT_A_RUN),
     "sample-data": (["{file}"], "is a file, not a folder"),
     "serve": (["{missing}"], "No model repository at"),

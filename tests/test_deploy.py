@@ -143,7 +143,11 @@ def test_probes_hit_triton_health_on_the_http_port(tree):
             get = container[probe]["httpGet"]
             assert named.get(get["port"], get["port"]) == http
             paths[probe] = get["path"]
-        assert paths == {"startupProbe": "/v2/health/ready", "readinessProbe": "/v2/health/ready",
+        # ready = the ensemble ready (an unloaded step makes it unavailable; /v2/health/ready
+        # counts loaded models only and answers 200 again after an unload)
+        name = one(rendered["base"], "Deployment")["metadata"]["annotations"]["rtk.dev/ensemble"]
+        ensemble = f"/v2/models/{name}/ready"
+        assert paths == {"startupProbe": ensemble, "readinessProbe": ensemble,
                          "livenessProbe": "/v2/health/live"}
         startup = container["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # TensorRT plans
@@ -416,3 +420,51 @@ def test_kubernetes_names_from_model_names():
     assert k8s_name("Tiny_Net") == "tiny-net"
     assert k8s_name("9lives") == "rtk-9lives"
     assert len(k8s_name("a" * 48)) <= 40
+
+
+# -- who may reach the pods ------------------------------------------------------------------------
+def _policy(rendered) -> dict:
+    return one(rendered["base"], "NetworkPolicy")["spec"]
+
+
+def test_network_policy_opens_inference_to_the_named_clients_and_metrics_to_monitoring(
+        tiny_bundle, tmp_path, tree, s3_tree):
+    out = tmp_path / "k8s"
+    deploy(tiny_bundle, out, allow_from=("frontend", "app=web"), monitoring_namespace="obs")
+    rendered = {"base": python_render(out / "base")}
+    policy = _policy(rendered)
+    for obj in rendered["base"]:
+        validate(obj)  # the strict Kubernetes schema, NetworkPolicy included
+    deployment = one(rendered["base"], "Deployment")
+    assert policy["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    inference, metrics = policy["ingress"]
+    assert {p["port"] for p in inference["ports"]} == {8000, 8001}
+    assert inference["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "frontend"}}},
+        {"podSelector": {"matchLabels": {"app": "web"}}}]
+    assert [p["port"] for p in metrics["ports"]] == [8002]
+    assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "obs"}}}]
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"} and policy["egress"] == []  # PVC
+    # defaults: this namespace's pods only; S3: DNS and HTTPS out, nothing else
+    assert _policy(tree[2])["ingress"][0]["from"] == [{"podSelector": {}}]
+    assert sorted((p["port"], p["protocol"]) for rule in _policy(s3_tree[2])["egress"]
+                  for p in rule["ports"]) == [(53, "TCP"), (53, "UDP"), (443, "TCP")]
+    readme = (out / "README.md").read_text()
+    assert "base/networkpolicy.yaml" in readme and "`frontend`" in readme
+    assert "kubectl create secret generic" in readme and "rtk-control-key" in readme
+
+
+def test_the_control_key_comes_from_a_secret_rtk_never_writes(tree):
+    out, _, rendered = tree
+    assert "Secret" not in {o["kind"] for o in all_objects(out, rendered)}
+    (c,) = pod_specs(one(rendered["base"], "Deployment"))[0]["containers"]
+    (key,) = [e for e in c["env"] if e["name"] == "RTK_TRITON_CONTROL_KEY"]
+    assert key["valueFrom"]["secretKeyRef"]["optional"] is False and "value" not in key
+
+
+def test_allow_from_must_be_a_namespace_or_a_label(tiny_bundle, tmp_path):
+    from toolkit.core.errors import RtkError
+
+    with pytest.raises(RtkError, match="is not KEY=VALUE"):
+        deploy(tiny_bundle, tmp_path / "k8s", allow_from=("app=",))

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import io
 import json
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import bomb_png
 from toolkit.data.images import MAX_PIXELS, eval_uint8, load_eval, open_rgb
 
 PHOTO = (4032, 3024)  # 12 MP, as a phone takes them
@@ -58,19 +57,8 @@ def test_exif_orientation_still_applies_to_a_scaled_decode():
     assert np.abs(full.astype(int) - scaled.astype(int)).mean() < 3  # the same orientation
 
 
-def _bomb_png(width: int, height: int) -> bytes:
-    """A real decompression bomb: a valid grayscale PNG of width x height zero pixels whose
-    compressed data takes a few hundred KB."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    row = b"\0" * (width + 1)  # filter byte + pixels
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(row * height, 9)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 def test_a_decompression_bomb_is_refused_before_decoding():
-    bomb = _bomb_png(9000, 9000)  # 81 MP of pixels
+    bomb = bomb_png(9000, 9000)  # 81 MP of pixels
     assert len(bomb) < 1_000_000 and 9000 * 9000 > MAX_PIXELS
     with pytest.raises(ValueError, match="exceeds"):
         load_eval(bomb, {"resize": 33, "crop": 32})

@@ -239,12 +239,14 @@ def test_a_model_that_cannot_reload_keeps_triton_not_ready_until_it_can(deployed
 def test_load_model_serves_only_the_named_models_and_still_heals(deployed):
     """`--load-model` (how the container and Kubernetes deployments start) limits what loads;
     the watchdog still reloads a named model and brings back none that was left out."""
+    from toolkit.core import control_key as keys
     from toolkit.triton.watchdog import ModelControl
 
     named = ["tiny_classifier", "tiny_postprocess"]
     with rtk_serve(deployed.root.parent / "repo", *[a for m in named for a in ("--load-model", m)]
                    ) as serving:
-        control = ModelControl(f"http://127.0.0.1:{serving.ports['http']}")
+        url = f"127.0.0.1:{serving.ports['http']}"
+        control = ModelControl(f"http://{url}", keys.client_key(url))
         ready = lambda: sorted(n for n, s in (control.states() or {}).items() if s == "READY")  # noqa: E731
         assert ready() == named and "ready with 2 model(s)" in serving.text()
         assert serving.get("/v2/health/ready") == 200
@@ -317,3 +319,81 @@ def test_burst_far_beyond_capacity_fails_fast_and_server_survives(deployed):
     assert all(OVERLOAD.search(e) for e in failures), {e for e in failures if not OVERLOAD.search(e)}
     assert slowest <= bound, f"a request took {slowest:.2f} s (bound {bound:.1f} s)"
     assert rss_after < rss_before + 256, (rss_before, rss_after)  # bounded memory
+
+
+def test_control_apis_need_the_key_and_an_unload_is_loaded_again(deployed):
+    """Without the key an unload is refused and the model stays ready; with it the model goes,
+    readiness fails (the ensemble's ready endpoint, which the probes ask) until the watchdog
+    has loaded it again. Inference, health, metadata and statistics need no key."""
+    import tritonclient.grpc as grpc
+
+    from toolkit.core import control_key as keys
+    from toolkit.triton.watchdog import ModelControl
+
+    with rtk_serve(deployed.root.parent / "repo") as serving:
+        http, route = f"127.0.0.1:{serving.ports['http']}", "/v2/models/tiny/ready"
+        key = keys.client_key(http)
+        assert key and len(key) >= 32 and "rtk-control-key" in serving.text()
+        assert keys.client_key(f"127.0.0.1:{serving.ports['grpc']}") == key
+        for wrong in (None, "not-the-key-not-the-key"):
+            ok, message = ModelControl(f"http://{http}", wrong).unload("tiny")
+            assert not ok and "restricted" in message, message
+        assert serving.get(route) == 200 and serving.get("/v2/health/ready") == 200
+        assert serving.get("/v2/models/tiny") == 200 and serving.get("/v2/models/stats") == 200
+        assert serving.get("/v2/models/tiny/config") == 403  # model config is a control API
+        client = grpc.InferenceServerClient(f"127.0.0.1:{serving.ports['grpc']}")
+        with pytest.raises(Exception, match="restricted"):
+            client.unload_model("tiny")
+        assert client.is_model_ready("tiny")
+        index = client.get_model_repository_index(headers=keys.headers(key, "grpc"), as_json=True)
+        assert {m["name"] for m in index["models"]} >= {"tiny", "tiny_classifier"}  # the key works
+        client.close()
+        with ReadyPoller(serving, [route]) as poller:
+            start = time.monotonic()
+            ok, message = ModelControl(f"http://{http}", key).unload("tiny_classifier")
+            assert ok, message
+            deadline = time.monotonic() + 30
+            while "tiny_classifier is serving again" not in serving.text():
+                assert time.monotonic() < deadline, serving.text()
+                time.sleep(0.05)
+            back = time.monotonic()
+            while serving.get(route) != 200:  # the ensemble follows its steps
+                assert time.monotonic() < deadline, serving.text()
+                time.sleep(0.05)
+            back = time.monotonic()
+        down = poller.not_ready(route, start, back)
+        print(f"unloaded with the key: not ready for {down} polls, ready again "
+              f"{back - start:.2f} s later")
+        assert down > 0
+        image = _image(deployed)
+        import tritonclient.http as lib
+
+        client = lib.InferenceServerClient(http)
+        assert _infer_once(lib, client, image) is None
+        client.close()
+
+
+def test_rtk_ready_names_a_model_that_is_not_ready(deployed, cli):
+    """`rtk ready` (Compose's health check) fails while any served model is unloaded, which
+    /v2/health/ready does not; here on a server without the watchdog, so nothing reloads it."""
+    from toolkit.triton.server import TritonServer, free_port
+    from toolkit.triton.watchdog import ModelControl
+
+    server = TritonServer(deployed.root.parent / "repo", http_port=free_port(),
+                          grpc_port=free_port(), metrics_port=free_port(), heal=False).start()
+    try:
+        url = server.endpoints["http"]
+        result = cli("ready", url)
+        assert result.exit_code == 0 and "tiny_classifier" in result.stdout, result.output
+        ok, _ = ModelControl(f"http://{url}", server.control_key).unload("tiny_classifier")
+        assert ok
+        deadline = time.monotonic() + 30
+        while (server.models() and any(m.get("state") == "UNLOADING" for m in server.models())):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert urllib.request.urlopen(f"http://{url}/v2/health/ready").status == 200  # Triton's own
+        result = cli("ready", url)
+        assert result.exit_code == 2 and "tiny_classifier is UNAVAILABLE" in result.output, result.output
+    finally:
+        server.stop()
+    assert not any(p.exists() for p in server.key_files)  # the published key is gone with it

@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("tritonclient.http")
 pytest.importorskip("tritonclient.grpc")
 
-from conftest import assert_user_error, popen_rtk  # noqa: E402
+from conftest import assert_user_error, bomb_png, popen_rtk  # noqa: E402
 
 from toolkit.core.errors import RtkError  # noqa: E402
 
@@ -276,3 +276,80 @@ def test_bench_against_the_server_gives_the_concurrency_table(served, cli, tmp_p
     md = (out / "report.md").read_text()
     assert "server-side time per request" in md and "Triton soak" in md
     assert (out / "triton.png").is_file()
+
+
+def _bad_inputs(image: bytes, photo: bytes) -> dict:
+    """name -> (tensor, dtype, the fragment Triton's error must contain)."""
+    import io
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.open(io.BytesIO(image)).save(png, "PNG")
+    png = png.getvalue()
+    corrupt_png = png[:33] + bytes(b ^ 0xFF for b in png[33:60]) + png[60:]  # IDAT data damaged
+    corrupt_jpeg = photo[:2000] + bytes(4000) + photo[6000:]  # zeros in the middle of the scan
+    raw = lambda *items: np.array([[b] for b in items], dtype=object)  # noqa: E731
+    return {
+        "random bytes": (raw(np.random.default_rng(0).bytes(5000)), "BYTES", "cannot decode image"),
+        "truncated JPEG": (raw(photo[:len(photo) // 3]), "BYTES", "cannot decode image"),
+        "corrupt JPEG": (raw(corrupt_jpeg[:200]), "BYTES", "cannot decode image"),
+        "truncated PNG": (raw(png[:len(png) // 2]), "BYTES", "cannot decode image"),
+        "corrupt PNG": (raw(corrupt_png), "BYTES", "cannot decode image"),
+        "decompression bomb (9000x9000 PNG)": (raw(bomb_png(9000, 9000)), "BYTES", "exceeds 64000000 pixels"),
+        "empty input": (raw(b""), "BYTES", "empty image bytes"),
+        "wrong dtype": (np.zeros((1, 1), np.float32), "FP32", "data-type"),
+        "wrong shape": (np.array([[image, image]], dtype=object), "BYTES", "shape"),
+        "over-long request (17 > max batch 16)": (raw(*[image] * 17), "BYTES", "batch"),
+    }
+
+
+def test_bad_input_run_through_the_served_ensemble(served, images):
+    """Every bad input gets an error naming its cause, good requests batched with them are
+    answered, the server stays live and ready, and its memory stays bounded."""
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tritonclient.grpc as lib
+    from PIL import Image
+
+    from toolkit.bench.triton import server_rss_mb
+
+    url, image = served.url("grpc"), images[0].read_bytes()
+    photo = io.BytesIO()
+    Image.open(images[0]).convert("RGB").resize((4032, 3024)).save(photo, "JPEG", quality=90)
+    photo = photo.getvalue()
+    cases = _bad_inputs(image, photo)
+    client = lib.InferenceServerClient(url)
+
+    def infer(array, dtype):
+        inp = lib.InferInput("image", list(array.shape), dtype)
+        inp.set_data_from_numpy(array)
+        return client.infer("tiny", [inp]).as_numpy("logits")
+
+    good = np.array([[image]], dtype=object)
+    assert infer(good, "BYTES").shape == (1, 3)
+    assert infer(np.array([[photo]], dtype=object), "BYTES").shape == (1, 3)  # 12 MP: answered
+    rss_before, started, counts = server_rss_mb(), time.monotonic(), {}
+    with ThreadPoolExecutor(8) as pool:
+        for name, (array, dtype, fragment) in cases.items():
+            # the bad request in flight together with good ones: the preprocessing model
+            # batches them, and must fail only the bad one
+            goods = [pool.submit(infer, good, "BYTES") for _ in range(6)]
+            with pytest.raises(Exception) as info:
+                infer(array, dtype)
+            assert fragment in str(info.value), (name, str(info.value))
+            assert all(g.result().shape == (1, 3) for g in goods), name
+            counts[name] = str(info.value).split("\n")[0][:100]
+    seconds = time.monotonic() - started
+    for _ in range(3):
+        assert infer(good, "BYTES").shape == (1, 3)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("tiny")
+    client.close()
+    rss_after = server_rss_mb()
+    print(f"\nbad-input run: {len(cases)} bad inputs, each with 6 good requests beside it, "
+          f"{seconds:.1f} s; server RSS {rss_before:.0f} -> {rss_after:.0f} MiB")
+    for name, message in counts.items():
+        print(f"  {name}: {message}")
+    assert seconds < 120  # bounded in time: nothing hung (a wide margin for a busy machine)
+    assert rss_after < rss_before + 256, (rss_before, rss_after)  # bounded memory

@@ -9,6 +9,8 @@ import pytest
 
 pytest.importorskip("tritonclient.grpc")
 
+from toolkit.tune.report import same_point  # noqa: E402
+
 
 # conftest skips these, with the reason, where no Triton server can start (under CI: fails)
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
@@ -40,10 +42,20 @@ def test_tune_measures_candidates_and_picks_one_within_the_budget(cli, run, tmp_
     for c in out["candidates"] + [out["default"], out["chosen"]]:
         assert CANDIDATE_FIELDS <= c.keys()
     assert {c["artifact"] for c in out["candidates"]} <= {"onnx", "fp16", "int8"}
-    chosen = out["chosen"]
+    chosen, best = out["chosen"], out["search_best"]
     assert chosen["status"] == "ok" and chosen["p99_ms"] <= budget
     ok = [c for c in out["candidates"] if c["status"] == "ok" and c["p99_ms"] <= budget]
-    assert chosen["throughput"] == max(c["throughput"] for c in ok)
+    ok = [c for c in ok if c["stable"]] or ok  # a stable point wins over an unstable one
+    assert best["throughput"] == max(c["throughput"] for c in ok)
+    if same_point(best, out["default"]):
+        assert "confirmation" not in out and chosen == best
+    else:  # re-measured interleaved: the pick stands only with an interval above 1
+        conf = out["confirmation"]
+        assert conf["rounds"] == 3 and conf["finalists"]
+        if conf["verdict"].startswith("no measurable gain"):
+            assert same_point(chosen, out["default"]) and out["speedup_vs_default"] is None
+        else:
+            assert out["speedup_interval"][0] > 1 and out["speedup_vs_default"] > 1
     assert out["default"]["artifact"] == "int8"  # what plain `rtk triton --kind cpu` serves here
     assert out["elapsed_s"] < 1.2 * 60 + 60  # the budget plus at most one candidate
     written = {p.name for p in (tmp_path / "repo").iterdir()}

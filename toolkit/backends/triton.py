@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from ..core import control_key as keys
 from ..core.errors import RtkError, require
 from . import retry
 from .base import Backend
@@ -32,7 +33,7 @@ class TritonClient(Backend):
 
     def __init__(self, bundle, device="cpu", url: str | None = None, *, protocol: str = "http",
                  send_bytes: bool = True, model: str | None = None, timeout: float = 60.0,
-                 retry_deadline: float = 30.0, **options):
+                 retry_deadline: float = 30.0, control_key: str | None = None, **options):
         super().__init__(bundle, device)
         self.retry_deadline = retry_deadline  # seconds a request may spend on retries
         if not url:
@@ -43,6 +44,7 @@ class TritonClient(Backend):
         self.accepts_bytes = bool(send_bytes)
         self.protocol, self.url = protocol, url.split("://", 1)[-1].rstrip("/")
         self.lib = require(f"tritonclient.{protocol}", "triton")
+        self.key = control_key or keys.client_key(self.url)
         self.client = self._connect(timeout)
         try:
             self.model, self.config = self._find_model(model)
@@ -83,17 +85,29 @@ class TritonClient(Backend):
             attempt += 1
         return True
 
+    def _control(self) -> dict:
+        """Options of a call to a control API (model config, repository index): the key's
+        header (core/control_key.py), and JSON on gRPC."""
+        return {"headers": keys.headers(self.key, self.protocol),
+                **({"as_json": True} if self.protocol == "grpc" else {})}
+
     def _config(self, name: str) -> dict:
-        config = self.client.get_model_config(name, **({"as_json": True}
-                                                       if self.protocol == "grpc" else {}))
+        config = self.client.get_model_config(name, **self._control())
         return config.get("config", config)
 
     def _find_model(self, name: str | None) -> tuple[str, dict]:
         """The ensemble (bytes) or classifier (tensors) serving one of this bundle's artifacts."""
         role = "ensemble" if self.accepts_bytes else "classifier"
         shas = {a.sha256 for a in self.bundle.manifest.artifacts.values()}
-        index = self.client.get_model_repository_index(**({"as_json": True}
-                                                           if self.protocol == "grpc" else {}))
+        try:
+            index = self.client.get_model_repository_index(**self._control())
+        except Exception as exc:  # noqa: BLE001 - tritonclient's error types differ by protocol
+            if "restricted" not in str(exc).lower() and "unauthori" not in str(exc).lower():
+                raise
+            raise RtkError(f"Triton at {self.url} guards its control APIs with a key and "
+                           f"{'refused the one given' if self.key else 'none was given'}: {exc}",
+                           f"Set {keys.ENV} to the key of that server (`rtk serve` prints the "
+                           "file it wrote it to; in Kubernetes it is the Secret's).") from None
         models = index.get("models", []) if isinstance(index, dict) else index
         names = [name] if name else sorted(m["name"] for m in models if m.get("state") == "READY")
         for candidate in names:

@@ -13,7 +13,7 @@ from .deploy import deploy
 from .export import export
 from .report import report
 from .train import finetune
-from .triton import serve, triton, triton_env
+from .triton import ready, serve, triton, triton_env
 from .tune import tune
 from .use import eval_cmd, predict
 
@@ -48,6 +48,6 @@ def sample_data(out_dir: str, size: int) -> None:
     click.echo(f"Wrote digits to {write_digits(out_dir, size)}")
 
 
-for _command in (finetune, export, bench, eval_cmd, predict, triton, serve, triton_env, tune,
+for _command in (finetune, export, bench, eval_cmd, predict, triton, serve, ready, triton_env, tune,
                  deploy, report):
     main.add_command(_command)

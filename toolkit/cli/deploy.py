@@ -28,6 +28,14 @@ from .common import handled
               "(default: rtk:<NGC release>).")
 @click.option("--shared-pvc", help="ReadWriteMany claim for training data and runs "
               "(default: <name>-shared).")
+@click.option("--allow-from", multiple=True, metavar="NAMESPACE|KEY=VALUE",
+              help="Who may reach the inference ports (repeatable): a namespace, or pods with a "
+                   "label in this namespace. Default: the pods of the deployment's namespace.")
+@click.option("--monitoring-namespace", default="monitoring", show_default=True,
+              help="The one namespace allowed to scrape Triton's metrics port.")
+@click.option("--control-key-secret",
+              help="Secret (key `key`) holding Triton's control API key; rtk never writes it "
+                   "(default: <name>-triton-control).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @handled
 def deploy(out, gpu, image, train_image, as_json, **options):

@@ -92,6 +92,11 @@ BACKEND_ENV_HELP = ("The local server's Python environment, made by `rtk triton-
 @click.option("--exit-timeout", default=10, show_default=True, type=click.IntRange(min=0),
               help="Seconds Triton lets in-flight requests finish after Ctrl-C or SIGTERM.")
 @click.option("--backend-env", type=click.Path(), help=BACKEND_ENV_HELP)
+@click.option("--control-key-file", type=click.Path(exists=True, dir_okay=False),
+              help="The key (16+ characters) that Triton's control APIs (model load/unload, "
+                   "config, repository index, shared memory, trace, logging) require in the "
+                   "rtk-control-key header. Default: $RTK_TRITON_CONTROL_KEY, else a fresh key "
+                   "per server, written to a file only you can read.")
 @handled
 def serve(repo, timeout, quiet, **options):
     """Run a real Triton server on REPO (a folder, or s3://... that Triton reads) until Ctrl-C.
@@ -139,6 +144,9 @@ def _announce(server) -> None:
     click.echo(f"  HTTP     http://{ep['http']}")
     click.echo(f"  gRPC     {ep['grpc']}")
     click.echo(f"  metrics  {ep['metrics']}")
+    click.echo(f"Control APIs (load/unload, config, index) need the header rtk-control-key: "
+               f"the key is in {server.key_files[0] if server.key_files else '$RTK_TRITON_CONTROL_KEY'}"
+               " (rtk's clients on this machine find it there)")
     click.echo(f"Try: rtk predict RUN_DIR IMAGE --backend triton --url {ep['http']}")
     click.echo("Press Ctrl-C to stop.")
 
@@ -164,3 +172,27 @@ def triton_env(path, python, force, check_only):
     env = (backend_env.check(path) if check_only
            else backend_env.create(path, python=python, force=force, echo=echo))
     click.echo(f"Triton backend environment ready: {backend_env.describe(env)}")
+
+
+@click.command()
+@click.argument("url", default="127.0.0.1:8000")
+@handled
+def ready(url):
+    """Exit 0 when every model of the Triton server at URL (HTTP) is READY, else 2 naming those
+    that are not: the health check of Compose and of anything that must not send traffic to a
+    server missing a model, however it got there (a plain /v2/health/ready stays 200 after a
+    model is unloaded). Uses the control key (model index) as rtk's clients find it."""
+    from ..core import control_key as keys
+    from ..core.errors import RtkError
+    from ..triton.watchdog import ModelControl
+
+    states = ModelControl(f"http://{url.split('://', 1)[-1]}", keys.client_key(url)).states()
+    if states is None:
+        raise RtkError(f"Triton at {url} does not answer its model index.",
+                       f"Is it up, and is {keys.ENV} set to its control key?")
+    missing = {m: s for m, s in states.items() if s and s != "READY"}  # "": never loaded
+    if missing or not states:
+        raise RtkError("Not ready: " + (", ".join(f"{m} is {s or 'unknown'}" for m, s in
+                                                   sorted(missing.items())) or "no model loaded"),
+                       "rtk serve loads a model that was unloaded again within seconds.")
+    click.echo(f"ready: {', '.join(sorted(states))}")

@@ -23,7 +23,7 @@ def serving_runtime(plan: Plan) -> dict[str, Any]:
     """
     container = {"name": "kserve-container", "image": plan.image,
                  "args": serve_args(plan, MODEL_DIR, KSERVE_PORTS),
-                 **probes(KSERVE_PORTS["http"]),
+                 **probes(plan.models["ensemble"], KSERVE_PORTS["http"]),
                  "securityContext": pod.container_security(), "volumeMounts": pod.scratch_mounts()}
     return {"apiVersion": "serving.kserve.io/v1alpha1", "kind": "ServingRuntime",
             "metadata": pod.metadata(plan, f"{plan.app}-triton", "kserve"),

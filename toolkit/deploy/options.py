@@ -36,6 +36,9 @@ class DeployOptions:
     nproc_per_node: int = 1  # training processes (GPUs) per pod
     train_image: str = DEFAULT_TRAIN_IMAGE
     shared_pvc: str | None = None  # training data, runs and checkpoints; default <name>-shared
+    allow_from: tuple[str, ...] = ()  # inference clients: NAMESPACE or KEY=VALUE pod labels
+    monitoring_namespace: str = "monitoring"  # the only namespace that may scrape metrics
+    control_key_secret: str | None = None  # Secret with the control API key; default <name>-triton-control
 
 
 @dataclass
@@ -66,6 +69,9 @@ class Plan:
     shared_pvc: str
     finetune_args: list[str] = field(default_factory=list)
     repo_kind: str | None = None  # instance kind found in a given repository
+    allow_from: tuple[str, ...] = ()
+    monitoring_namespace: str = "monitoring"
+    control_key_secret: str = ""
 
 
 def k8s_name(name: str) -> str:
@@ -123,4 +129,6 @@ def resolve(opts: DeployOptions) -> Plan:
                 kind=opts.kind, replicas=opts.replicas, max_replicas=max_replicas,
                 image=opts.image, nodes=opts.nodes, nproc_per_node=opts.nproc_per_node,
                 train_image=opts.train_image, shared_pvc=shared,
-                finetune_args=found["finetune_args"], repo_kind=found.get("repo_kind"))
+                finetune_args=found["finetune_args"], repo_kind=found.get("repo_kind"),
+                allow_from=tuple(opts.allow_from), monitoring_namespace=opts.monitoring_namespace,
+                control_key_secret=opts.control_key_secret or f"{app}-triton-control")

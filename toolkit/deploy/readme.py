@@ -68,15 +68,28 @@ This folder currently uses `{image}`.
 ## 4. Serve, then scale
 
 ```bash
+# the control API key (rtk never writes it): the pods do not start without this Secret
+kubectl create secret generic {control_secret} --from-literal=key="$(openssl rand -hex 24)"
 kubectl apply -k overlays/gpu          # or overlays/cpu
 kubectl rollout status deployment/{app}-triton
 kubectl port-forward service/{app}-triton 8000:8000 &
 rtk predict {run} IMAGE.jpg --backend triton --url localhost:8000
 ```
 
-- Probes: startup and readiness on `/v2/health/ready`, liveness on `/v2/health/live`, all
-  on the HTTP port. The startup probe allows 15 minutes (S3 download, TensorRT plans) before
-  liveness counts. Triton is ready only when every model loaded (its default strict readiness).
+- Probes: startup and readiness on `/v2/models/{ensemble}/ready`, liveness on
+  `/v2/health/live`, all on the HTTP port. The startup probe allows 15 minutes (S3 download,
+  TensorRT plans) before liveness counts. The ensemble is ready only while every one of its
+  steps is loaded: Triton's own `/v2/health/ready` answers 200 again after a model is unloaded.
+- Control APIs: model load/unload, model config, the repository index, shared memory, trace
+  and logging answer only requests with the header `rtk-control-key: <the Secret's key>`
+  (Triton's `--http-restricted-api`/`--grpc-restricted-protocol`, set by `rtk serve` from
+  `RTK_TRITON_CONTROL_KEY`, which the Deployment takes from Secret `{control_secret}`).
+  Inference, health, metadata and statistics stay open. rtk's triton client reads the key
+  from `RTK_TRITON_CONTROL_KEY` too.
+- NetworkPolicy (`base/networkpolicy.yaml`, {netpol}): ingress to the Triton pods only on
+  the inference ports ({allow}), metrics (8002) only from namespace `{monitoring}`; egress
+  {egress}. It needs a network plugin that enforces NetworkPolicy (Calico, Cilium, ...): on
+  one that does not, it is silently ignored.
 - Self-healing: when a model's Python backend process dies (the OOM killer, a crash), plain
   Triton keeps answering ready while every request to that model fails. `rtk serve` notices
   within seconds, unloads and reloads the model; Triton answers not ready until it is back,
@@ -204,4 +217,12 @@ def readme(plan: Plan, source: str) -> str:
         classifier=plan.models["classifier"], queue_target=QUEUE_TARGET_US,
         kserve_uri=plan.repo.uri, kind=plan.kind, nodes=plan.nodes, nproc=plan.nproc_per_node,
         data_dir=DATA_DIR, out=out_dir(plan), finetune_args=" ".join(plan.finetune_args),
-        train_image=plan.train_image, shared_pvc=plan.shared_pvc)
+        train_image=plan.train_image, shared_pvc=plan.shared_pvc,
+        control_secret=plan.control_key_secret, monitoring=plan.monitoring_namespace,
+        netpol="written by `rtk deploy --allow-from`",
+        allow=("from " + ", ".join(f"`{a}`" for a in plan.allow_from)) if plan.allow_from
+        else "from the pods of this namespace; name others with `--allow-from NAMESPACE` or "
+             "`--allow-from LABEL=VALUE`",
+        egress=("DNS and HTTPS (443) only, for the S3 repository: narrow it to your object "
+                "store's address range if it is known" if plan.repo.scheme == "s3" else
+                "none: the repository is a volume and rtk serve reaches Triton over loopback"))

@@ -47,13 +47,20 @@ def serve_args(plan: Plan, repository: str, ports: dict[str, int] = PORTS) -> li
             *[f"--load-model={plan.models[role]}" for role in ROLES]]
 
 
-def probes(port: str = "http") -> dict[str, Any]:
-    """Startup waits for the models; then readiness gates traffic and liveness restarts a hang."""
+def probes(ensemble: str, port: str | int = "http") -> dict[str, Any]:
+    """Startup waits for the models; then readiness gates traffic and liveness restarts a hang.
+
+    Ready means the ensemble's ready endpoint: Triton's /v2/health/ready answers 200 again
+    once a model has been unloaded (it counts loaded models only), while unloading any step
+    of the ensemble makes the ensemble itself unavailable (measured on Triton 2.51) until
+    rtk serve's watchdog loads it again.
+    """
     def get(path: str, period: int, failures: int, *, timeout: int) -> dict[str, Any]:
         return {"httpGet": {"path": path, "port": port}, "periodSeconds": period,
                 "failureThreshold": failures, "timeoutSeconds": timeout}
-    return {"startupProbe": get("/v2/health/ready", STARTUP_PERIOD_S, STARTUP_FAILURES, timeout=5),
-            "readinessProbe": get("/v2/health/ready", READY_PERIOD_S, READY_FAILURES, timeout=2),
+    ready = f"/v2/models/{ensemble}/ready"
+    return {"startupProbe": get(ready, STARTUP_PERIOD_S, STARTUP_FAILURES, timeout=5),
+            "readinessProbe": get(ready, READY_PERIOD_S, READY_FAILURES, timeout=2),
             "livenessProbe": get("/v2/health/live", 10, 6, timeout=5)}
 
 
@@ -64,6 +71,13 @@ def s3_env(plan: Plan) -> list[dict[str, Any]]:
                                                             "optional": optional}}}
     return [ref("AWS_ACCESS_KEY_ID", False), ref("AWS_SECRET_ACCESS_KEY", False),
             ref("AWS_SESSION_TOKEN", True), ref("AWS_DEFAULT_REGION", True)]
+
+
+def control_key_env(plan: Plan) -> dict[str, Any]:
+    """The control API key (core/control_key.py) by reference to a Secret the cluster owner
+    creates; never a value here, and the pod does not start without it."""
+    return {"name": "RTK_TRITON_CONTROL_KEY", "valueFrom": {"secretKeyRef": {
+        "name": plan.control_key_secret, "key": "key", "optional": False}}}
 
 
 def _repository(plan: Plan) -> tuple[str, list[dict], list[dict]]:
@@ -85,8 +99,8 @@ def deployment(plan: Plan) -> dict[str, Any]:
         "name": "triton", "image": plan.image, "imagePullPolicy": "IfNotPresent",
         "args": serve_args(plan, repository),
         "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in PORTS.items()],
-        "env": s3_env(plan) if plan.repo.scheme == "s3" else [],
-        **probes(),
+        "env": [control_key_env(plan), *(s3_env(plan) if plan.repo.scheme == "s3" else [])],
+        **probes(plan.models["ensemble"]),
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_S)]}}},
         "resources": RESOURCES["base"], "securityContext": pod.container_security(),
         "volumeMounts": mounts + pod.scratch_mounts(),

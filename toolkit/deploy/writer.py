@@ -9,7 +9,7 @@ from typing import Any, Callable
 from .. import __version__
 from ..core.errors import RtkError
 from ..core.files import swapped_dir, write_text
-from . import kserve, monitoring, serving, storage, training
+from . import kserve, monitoring, network, serving, storage, training
 from .options import DEFAULT_IMAGE, NGC_RELEASE, DeployOptions, Plan, resolve
 
 MARKER = ".rtk-deploy.json"  # what rtk wrote, and the licence to replace the folder next time
@@ -61,6 +61,8 @@ def build_tree(plan: Plan) -> dict[str, Any]:
         "base/service.yaml": [serving.service(plan)],
         "base/pdb.yaml": [serving.disruption_budget(plan)],
         "base/hpa.yaml": [serving.autoscaler(plan)],
+        "base/networkpolicy.yaml": [network.network_policy(plan, list(plan.allow_from),
+                                                           plan.monitoring_namespace)],
         "monitoring/servicemonitor.yaml": [monitoring.service_monitor(plan)],
         "monitoring/prometheus-adapter-config.yaml": [monitoring.adapter_config(plan)],
         "monitoring/prometheus-adapter-values.yaml": [monitoring.adapter_helm_values()],
@@ -78,7 +80,7 @@ def build_tree(plan: Plan) -> dict[str, Any]:
         tree[f"overlays/{kind}/deployment-{kind}.yaml"] = [serving.overlay_patch(plan, kind)]
         tree[f"overlays/{kind}/kustomization.yaml"] = [kustomization(["../../base"],
                                                                      [f"deployment-{kind}.yaml"])]
-    layout = {"base": ["deployment.yaml", "service.yaml", "pdb.yaml", "hpa.yaml"],
+    layout = {"base": ["deployment.yaml", "service.yaml", "pdb.yaml", "hpa.yaml", "networkpolicy.yaml"],
               "monitoring": ["servicemonitor.yaml"],
               "kserve": [n for n in ("serviceaccount.yaml", "servingruntime.yaml",
                                      "inferenceservice.yaml") if f"kserve/{n}" in tree],

@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..core import control_key as keys
 from ..core.errors import RtkError
 from .install import find_tritonserver
 from .repository import verify_repository
@@ -57,7 +58,8 @@ class TritonServer:
                  *, metrics_port: int = 8002, address: str = "127.0.0.1",
                  log: Callable[[str], None] | None = None, exit_timeout: int = 10,
                  heal: bool = True, notify: Callable[[str], None] | None = None,
-                 load_models: Sequence[str] = (), backend_env: str | Path | None = None) -> None:
+                 load_models: Sequence[str] = (), backend_env: str | Path | None = None,
+                 control_key: str | None = None, control_key_file: str | Path | None = None) -> None:
         self.repo = repo if is_remote(repo) else Path(repo).resolve()
         self.load_models = list(dict.fromkeys(load_models))  # empty: every model in the repository
         self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
@@ -71,6 +73,9 @@ class TritonServer:
         self.backend_env, self.backend_root = backend_env, None
         # Reload a model whose backend process died (toolkit.triton.watchdog says why and how).
         self.heal, self.notify, self.watchdog = heal, notify or log or (lambda _: None), None
+        # The control APIs (load, unload, config...) answer only with this key (core/control_key.py).
+        self.control_key = control_key or keys.server_key(control_key_file)
+        self.key_files: list[Path] = []
 
     @property
     def host(self) -> str:
@@ -94,7 +99,8 @@ class TritonServer:
         self.source, self.backend_root = install.source, install.backend_env
         cmd = triton_command(install.binary, self.repo, self.ports, address=self.address,
                              exit_timeout=self.exit_timeout, load_models=self.load_models,
-                             shm_prefix=f"rtk{os.getpid()}_{id(self) % 9973}", extra=install.flags)
+                             shm_prefix=f"rtk{os.getpid()}_{id(self) % 9973}",
+                             extra=[*install.flags, *keys.flags(self.control_key)])
         self.proc = subprocess.Popen(cmd, env=install.env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                                      errors="replace", start_new_session=True,
@@ -103,6 +109,8 @@ class TritonServer:
         self._reader.start()
         try:
             self._wait_ready(timeout)
+            self.key_files = keys.publish(self.control_key, self.host,
+                                          [self.ports["http"], self.ports["grpc"]])
             if self.heal:
                 self._watch()
         except BaseException:
@@ -113,7 +121,7 @@ class TritonServer:
     def _watch(self) -> None:
         from .watchdog import ModelControl, Watchdog
 
-        control = ModelControl(f"http://{self.host}:{self.ports['http']}")
+        control = ModelControl(f"http://{self.host}:{self.ports['http']}", self.control_key)
         self.watchdog = Watchdog(self.proc.pid, control, self.notify,
                                  alive=lambda: self.proc.poll() is None).start()
 
@@ -164,8 +172,9 @@ class TritonServer:
 
     def _get(self, route: str, data: bytes | None = None):
         url = f"http://{self.host}:{self.ports['http']}{route}"
+        request = urllib.request.Request(url, data=data, headers=keys.headers(self.control_key))
         try:
-            with urllib.request.urlopen(url, data=data, timeout=2) as resp:
+            with urllib.request.urlopen(request, timeout=2) as resp:
                 body = resp.read()
                 return json.loads(body) if body else {}
         except (urllib.error.URLError, OSError, ValueError):
@@ -211,6 +220,8 @@ class TritonServer:
                 self.proc.wait()
         if self._reader is not None:
             self._reader.join(timeout=5)
+        keys.unpublish(self.key_files)
+        self.key_files = []
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None

@@ -17,8 +17,9 @@ no-op, so the only repair is unload + load through the model control API, which 
 - Heal: load the model again (Triton reloads its ensembles too), retrying with backoff if
   the load fails; any model that was READY at start and is not afterwards is loaded too.
 
-A model found not READY when its stub dies (being unloaded by someone, or the server
-stopping) is left alone: only crashes are healed.
+A model that was READY at start and is found unloaded (by a client with the control key:
+see core/control_key.py) is loaded again within a second: the server serves what it started
+with. Readiness fails meanwhile (the ensemble's ready endpoint, which the probes ask).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from ..core import control_key as keys
+
 STUB = "triton_python_backend_stub"
 LOAD_TIMEOUT_S = 600  # a TensorRT plan or a big ONNX graph can take minutes to load
 
@@ -41,11 +44,13 @@ LOAD_TIMEOUT_S = 600  # a TensorRT plan or a big ONNX graph can take minutes to 
 class ModelControl:
     """Triton's model repository API over HTTP: index, load, unload."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.key = key  # the control API's header (core/control_key.py)
 
     def _post(self, route: str, timeout: float) -> tuple[bool, str]:
-        req = urllib.request.Request(self.base_url + route, data=b"{}", method="POST")
+        req = urllib.request.Request(self.base_url + route, data=b"{}", method="POST",
+                                     headers=keys.headers(self.key))
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return True, resp.read().decode(errors="replace")
@@ -165,6 +170,7 @@ class Watchdog:
                     dead.setdefault(model, None)
                 for model, pid in dead.items():
                     self._heal(model, pid)
+                self._restore()
         finally:
             for pid in list(self._watched):
                 self._forget(pid)
@@ -194,6 +200,35 @@ class Watchdog:
             self.notify(f"rtk: reloading {model} failed ({first}); retrying in {delay:.0f} s")
             self._stop.wait(delay)
             delay = min(delay * 2, 30.0)
+
+    def _restore(self) -> None:
+        """Load again any model that was READY at start and is unloaded now, whoever unloaded
+        it (a client holding the control key, say): the server serves what it started with.
+        Passes repeat while they make progress: an ensemble loads only once its steps have."""
+        for _ in range(len(self.expected)):
+            states = None if self._stop.is_set() else self.control.states()
+            if states is None:
+                return
+            gone = [m for m in sorted(self.expected)
+                    if states.get(m) not in ("READY", "LOADING", "UNLOADING")]
+            if not gone:
+                return
+            loaded = 0
+            for model in gone:
+                self.notify(f"rtk: model {model} is {states.get(model) or 'gone'} (unloaded); "
+                            "loading it again")
+                start = time.monotonic()
+                ok, reason = self.control.load(model)
+                if ok:
+                    loaded += 1
+                    self.heals.append({"model": model, "pid": None, "attempts": 1, "unloaded": True,
+                                       "seconds": time.monotonic() - start})
+                    self.notify(f"rtk: {model} is serving again")
+                else:
+                    first = (reason or "").strip().split("\n")[0]
+                    self.notify(f"rtk: loading {model} failed ({first}); retrying")
+            if not loaded:
+                return  # the next round (every interval) tries again
 
     def _reload_others(self) -> bool:
         """Load every model that was READY at start and is not now (ensembles that used it)."""

@@ -47,7 +47,7 @@ class Bench:
         http, grpc, metrics = (free_port() for _ in range(3))
         self.server = TritonServer(self.repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
                                    heal=False, backend_env=self.backend_env).start()
-        self.control = ModelControl(f"http://{self.server.endpoints['http']}")
+        self.control = ModelControl(f"http://{self.server.endpoints['http']}", self.server.control_key)
         self.payloads = [[p.read_bytes()] for p in bench_paths(self.bundle, self.images, 32)]
         self.loaded = first
         return self
