@@ -2,9 +2,9 @@
 
 For each repository variant of one run (`rtk triton --platform python` with the options
 given per variant), on the real local Triton server:
-- one gRPC client sending one tensor request at a time to the classifier, and to the
-  postprocess model (NumPy only), for --seconds: p50, p99, max, requests over 200 ms;
-- the JPEG-in ensemble (the run's held-out images as bytes) at concurrency 1 and 8;
+- each model of the ensemble on its own (preprocess: one JPEG's bytes; classifier: a uint8
+  crop; postprocess, NumPy only: logits) and the JPEG-in ensemble (the run's held-out images
+  as bytes), at concurrency 1 and 8, for --seconds each: p50, p99, max, requests over 200 ms;
 - a burst: 256 clients each sending one request at once; the worst request.
 
   python benchmarks/serving_latency.py RUN --out benchmarks/cpu/serving/latency.json \
@@ -35,21 +35,34 @@ def percentiles(lat_ms) -> dict:
                                                                             np.percentile(a, 50)), 1)}
 
 
-def tensor_client(url: str, model: str, name: str, array: np.ndarray, dtype: str, seconds: float) -> dict:
+def tensor_clients(url: str, model: str, name: str, array: np.ndarray, dtype: str, seconds: float,
+                   concurrency: int = 1) -> dict:
+    """`concurrency` gRPC clients, each sending one request at a time to one model."""
     import tritonclient.grpc as grpc
 
-    client = grpc.InferenceServerClient(url)
-    inp = grpc.InferInput(name, list(array.shape), dtype)
-    inp.set_data_from_numpy(array)
-    for _ in range(10):
-        client.infer(model, [inp])
-    lat, stop = [], time.perf_counter() + seconds
-    while time.perf_counter() < stop:
-        t0 = time.perf_counter()
-        client.infer(model, [inp])
-        lat.append((time.perf_counter() - t0) * 1000)
-    client.close()
-    return percentiles(lat)
+    lat: list[float] = []
+    gate = threading.Barrier(concurrency)
+
+    def one() -> None:
+        client = grpc.InferenceServerClient(url)
+        inp = grpc.InferInput(name, list(array.shape), dtype)
+        inp.set_data_from_numpy(array)
+        for _ in range(10):
+            client.infer(model, [inp])
+        gate.wait()
+        mine, stop = [], time.perf_counter() + seconds
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            client.infer(model, [inp])
+            mine.append((time.perf_counter() - t0) * 1000)
+        lat.extend(mine)
+        client.close()
+    threads = [threading.Thread(target=one) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {**percentiles(lat), "requests_per_s": round(len(lat) / seconds, 1)}
 
 
 def burst(bundle, url: str, payload: bytes, n: int = 256) -> dict:
@@ -94,13 +107,16 @@ def measure(run: Path, options: list[str], seconds: float, work: Path) -> dict:
     url, crop = server.endpoints["grpc"], bundle.preprocessing.crop
     out = {"options": " ".join(options)}
     try:
-        out["classifier_tensors_c1"] = tensor_client(url, "digits_classifier", "input",
-                                                     np.zeros((1, crop, crop, 3), np.uint8), "UINT8", seconds)
-        out["postprocess_tensors_c1"] = tensor_client(url, "digits_postprocess", "raw_logits",
-                                                      np.zeros((1, len(bundle.classes)), np.float32),
-                                                      "FP32", seconds)
         payloads = [[p.read_bytes()] for p in sample_paths(bundle, 64)]
+        steps = {"preprocess": ("digits_preprocess", "image",
+                                np.array([[payloads[0][0]]], dtype=object), "BYTES"),
+                 "classifier": ("digits_classifier", "input", np.zeros((1, crop, crop, 3), np.uint8),
+                                "UINT8"),
+                 "postprocess": ("digits_postprocess", "raw_logits",
+                                 np.zeros((1, len(bundle.classes)), np.float32), "FP32")}
         for c in (1, 8):
+            for role, (model, name, array, dtype) in steps.items():
+                out[f"{role}_c{c}"] = tensor_clients(url, model, name, array, dtype, seconds, c)
             res = load(bundle, "grpc", url, payloads=payloads, concurrency=c, seconds=seconds)
             out[f"ensemble_jpeg_c{c}"] = {**percentiles(res["lat_ms"]), "failed": res["failed"],
                                           "images_per_s": round(res["throughput"], 1)}

@@ -120,3 +120,12 @@ def test_headlines_prefer_stable_points():
             {"backend": "onnxruntime", "device": "cpu", "batch_size": 1, "throughput": 40.0,
              "p50_ms": 1.0, "status": "ok", "stable": True}]
     assert headlines(rows)["best_cpu"]["throughput"] == 40.0  # not the unstable 90
+
+
+def test_the_confirmation_fits_its_share_of_the_budget():
+    from toolkit.tune.confirm import plan, reserve_s
+
+    assert plan(300, 5) == (3, 2)  # 5 minutes: 3 rounds of 2 finalists and the default
+    assert plan(60, 3) == (2, 1) and reserve_s(2, 1, 3) <= 0.4 * 60  # the demo's 1 minute
+    assert plan(72, 1) == (3, 1)
+    assert plan(5, 5) == (2, 1)  # the least it ever does, even past a tiny budget

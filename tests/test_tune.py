@@ -51,7 +51,7 @@ def test_tune_measures_candidates_and_picks_one_within_the_budget(cli, run, tmp_
         assert "confirmation" not in out and chosen == best
     else:  # re-measured interleaved: the pick stands only with an interval above 1
         conf = out["confirmation"]
-        assert conf["rounds"] == 3 and conf["finalists"]
+        assert conf["rounds"] >= 2 and conf["finalists"]
         if conf["verdict"].startswith("no measurable gain"):
             assert same_point(chosen, out["default"]) and out["speedup_vs_default"] is None
         else:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from ..core.bundle import Bundle
 from ..core.errors import RtkError
 from ..bench.stability import Stability
-from .confirm import ROUNDS, confirm, finalists, reserve_s
+from .confirm import confirm, finalists, plan, reserve_s
 from .space import Candidate, coordinate_ascent, space_for
 
 ARTIFACT_KEYS = {"model.onnx": "onnx", "model.fp16.onnx": "fp16", "model.int8.onnx": "int8"}
@@ -70,7 +70,8 @@ def tune(bundle: Bundle, opts: TuneOptions, echo: Callable = print) -> dict[str,
     space = space_for(trusted_artifacts(bundle), facts["max_batch"], usable_cores())
     measured: dict[Candidate, list[dict]] = {}
     started, deadline = time.monotonic(), time.monotonic() + 60 * opts.budget_minutes
-    search_deadline = deadline - reserve_s(opts.seconds)  # the confirmation's share
+    rounds, n_final = plan(60 * opts.budget_minutes, opts.seconds)
+    search_deadline = deadline - reserve_s(rounds, n_final, opts.seconds)  # the confirmation's share
     bench = Bench(bundle, options, opts.concurrency, seconds=opts.seconds, echo=echo,
                   backend_env=opts.backend_env, rule=opts.stability, images=opts.images)
 
@@ -88,7 +89,8 @@ def tune(bundle: Bundle, opts: TuneOptions, echo: Callable = print) -> dict[str,
         bench.start(default)
         coordinate_ascent(space, default, score, out_of_time=out_of_time)
         result, pick = decide(measured, default, opts.p99_ms)
-        pick = _confirmed(bench, measured, default, pick, result, opts, echo)
+        pick = _confirmed(bench, measured, default, pick, result, opts, echo,
+                          rounds=rounds, n_final=n_final)
     finally:
         bench.close()
     result.update(elapsed_s=round(time.monotonic() - started, 1), budget_minutes=opts.budget_minutes,
@@ -104,7 +106,7 @@ def tune(bundle: Bundle, opts: TuneOptions, echo: Callable = print) -> dict[str,
 
 
 def _confirmed(bench, measured: dict, default: Candidate, pick: Candidate | None, result: dict,
-               opts: TuneOptions, echo: Callable) -> Candidate | None:
+               opts: TuneOptions, echo: Callable, *, rounds: int, n_final: int) -> Candidate | None:
     """The search's pick against the default, re-measured interleaved (confirm.py): the pick
     stands only with a measurable gain; otherwise the default is kept. Updates `result`."""
     budget = opts.p99_ms
@@ -112,7 +114,7 @@ def _confirmed(bench, measured: dict, default: Candidate, pick: Candidate | None
     result["search_best"] = result["chosen"]
     if pick is None or pick == default or scores.get(default, -1.0) <= 0:
         return pick  # nothing within budget, the default won, or it misses the budget itself
-    finals = finalists(scores, default)
+    finals = finalists(scores, default, n_final)
     at = {c: best_point(measured[c], budget)["concurrency"] for c in [default, *finals]}
 
     def measure(c: Candidate) -> float:
@@ -122,8 +124,8 @@ def _confirmed(bench, measured: dict, default: Candidate, pick: Candidate | None
              f"{r['throughput'] or 0:.1f} images/s" + ("" if ok else " (over budget or failed)"))
         return r["throughput"] if ok else 0.0
 
-    echo(f"  confirming: {len(finals)} finalist(s) and the default, interleaved, {ROUNDS} rounds")
-    confirmation, winner = confirm(measure, finals, default, rounds=ROUNDS)
+    echo(f"  confirming: {len(finals)} finalist(s) and the default, interleaved, {rounds} rounds")
+    confirmation, winner = confirm(measure, finals, default, rounds=rounds)
     result["confirmation"] = confirmation
     if winner == default:
         result["chosen"] = best_point([_brief(r) for r in measured[default]], budget)

@@ -14,17 +14,24 @@ from typing import Callable
 from ..bench.stability import interleaved
 from .space import Candidate
 
-FINALISTS = 2  # besides the default
-ROUNDS = 3
 LOAD_S = 3.0  # what one reload of the four models costs on the 2-core CPU, for the time reserve
+SHARE = 0.4  # of the budget, at most, for the confirmation (the search keeps the rest)
+SHAPES = ((3, 2), (3, 1), (2, 1))  # (rounds, finalists besides the default), best first
 
 
-def reserve_s(seconds: float, rounds: int = ROUNDS, finalists: int = FINALISTS) -> float:
+def plan(budget_s: float, seconds: float) -> tuple[int, int]:
+    """(rounds, finalists) of the largest confirmation that fits SHARE of the budget: 3 rounds
+    of 2 finalists at best, never less than 2 rounds of 1 (then it may overrun a tiny budget)."""
+    fits = int(SHARE * budget_s // (seconds + LOAD_S))
+    return next(((r, n) for r, n in SHAPES if r * (n + 1) <= fits), SHAPES[-1])
+
+
+def reserve_s(rounds: int, n: int, seconds: float) -> float:
     """Search time held back for the confirmation: every finalist and the default, per round."""
-    return rounds * (finalists + 1) * (seconds + LOAD_S)
+    return rounds * (n + 1) * (seconds + LOAD_S)
 
 
-def finalists(scores: dict[Candidate, float], default: Candidate, n: int = FINALISTS) -> list[Candidate]:
+def finalists(scores: dict[Candidate, float], default: Candidate, n: int = 2) -> list[Candidate]:
     """The `n` best-scoring candidates other than the default that beat it (positive scores:
     within the budget)."""
     base = scores.get(default, float("-inf"))
@@ -34,7 +41,7 @@ def finalists(scores: dict[Candidate, float], default: Candidate, n: int = FINAL
 
 
 def confirm(measure: Callable[[Candidate], float], chosen: list[Candidate], default: Candidate,
-            *, rounds: int = ROUNDS) -> dict:
+            *, rounds: int = 3) -> tuple[dict, Candidate]:
     """Interleaved rounds of the default and the finalists; the winner is the finalist with the
     best median ratio whose whole interval is above 1, else the default."""
     comparisons = interleaved(measure, chosen, default, rounds=rounds)
