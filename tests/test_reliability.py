@@ -80,8 +80,9 @@ class Serving:
     def stub(self, model: str) -> int:
         from toolkit.triton.watchdog import live_stubs
 
-        (pid,) = [p for p, m in live_stubs(self.tritonserver()).items() if m == model]
-        return pid
+        pids = sorted(p for p, m in live_stubs(self.tritonserver()).items() if m == model)
+        assert pids, f"no backend process of {model}"
+        return pids[0]  # one of its instances (decoding runs one per core)
 
 
 def _children(pid: int) -> list[int]:

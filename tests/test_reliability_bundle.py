@@ -110,4 +110,6 @@ def test_export_under_a_file_size_limit_leaves_the_bundle_usable(bundle_copy, cl
                                    if before.get(k) != after.get(k))
     again = cli("eval", bundle_copy, "--backend", "onnxruntime", "--json")
     assert again.exit_code == 0, again.output
-    assert json.loads(again.stdout) == json.loads(evaluated.stdout)
+    timing = ("seconds", "images_per_second")  # how fast it ran: the only fields that may differ
+    same = lambda out: {k: v for k, v in json.loads(out).items() if k not in timing}  # noqa: E731
+    assert same(again.stdout) == same(evaluated.stdout)
