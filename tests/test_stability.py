@@ -129,3 +129,18 @@ def test_the_confirmation_fits_its_share_of_the_budget():
     assert plan(60, 3) == (2, 1) and reserve_s(2, 1, 3) <= 0.4 * 60  # the demo's 1 minute
     assert plan(72, 1) == (3, 1)
     assert plan(5, 5) == (2, 1)  # the least it ever does, even past a tiny budget
+
+
+def test_two_finalists_that_noise_cannot_tell_apart_go_to_the_simpler_one():
+    """Run 2 of the digits tune: both finalists gained over the default; the one with the
+    larger median changed one more setting and was not measurably faster than the other."""
+    from toolkit.tune.confirm import pick
+
+    default = Candidate("int8", 64, 1, 100, 2)
+    simple = Candidate("int8", 64, 2, 100, 2)  # one setting changed
+    busier = Candidate("int8", 64, 2, 0, 2)  # two changed
+    noisy = {simple: Comparison((1.099, 1.035, 1.099)), busier: Comparison((1.142, 1.043, 1.049))}
+    assert pick(noisy, default) == simple
+    clear = {simple: Comparison((1.05, 1.04, 1.06)), busier: Comparison((1.40, 1.38, 1.45))}
+    assert pick(clear, default) == busier  # measurably faster than the simpler one: it wins
+    assert pick({busier: Comparison((1.2, 0.9, 1.1))}, default) == default

@@ -289,3 +289,14 @@ def test_decoding_instances_default_to_the_cores_and_are_settable(bundle, tmp_pa
     assert gpu["preprocess_instances"] == 2  # nvJPEG on the GPU: as many as the classifier
     with pytest.raises(RtkError, match="--preprocess-instances must be at least 1"):
         repository.build_configs(bundle, RepoOptions(preprocess_instances=0))
+
+
+def test_idle_onnxruntime_threads_sleep_unless_asked_to_spin(bundle):
+    """The Python-backend classifier on CPU: spinning threads would take the cores that the
+    decoding instances need (12 MP photos); --ort-spin trades them back for latency."""
+    made, _ = repository.build_configs(bundle, RepoOptions(platform="python"))
+    assert made["classifier"].parameters["intra_op_allow_spinning"].string_value == "0"
+    made, _ = repository.build_configs(bundle, RepoOptions(platform="python", ort_spin=True))
+    assert made["classifier"].parameters["intra_op_allow_spinning"].string_value == "1"
+    model = (Path(repository.__file__).parent / "models" / "classifier.py").read_text()
+    assert 'params.get("intra_op_allow_spinning"' in model and "session.intra_op.allow_spinning" in model

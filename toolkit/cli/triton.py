@@ -30,6 +30,9 @@ from .common import handled
 @click.option("--preprocess-instances", type=click.IntRange(min=1),
               help="Image-decoding instances (default: one per CPU core on --kind cpu, as "
                    "--instances on gpu).")
+@click.option("--ort-spin", is_flag=True,
+              help="CPU, python platform: let idle ONNX Runtime threads spin-wait: lower latency "
+                   "for small inputs, fewer cycles for decoding large JPEGs (default: they sleep).")
 @click.option("--queue-delay-us", default=100, show_default=True, help="Dynamic batching delay.")
 @click.option("--trt-fp16", is_flag=True,
               help="onnxruntime on GPU: enable the TensorRT execution accelerator in FP16.")

@@ -35,6 +35,7 @@ class RepoOptions:
     max_batch: int | None = None
     instances: int | None = None  # None: by cores on CPU (see cpu_layout), 1 on GPU
     preprocess_instances: int | None = None  # None: one per core on CPU (see preprocess_instances)
+    ort_spin: bool = False  # CPU: let idle ONNX Runtime threads spin (lower latency, fewer decoding cycles)
     artifact: str | None = None  # onnx | fp16 | int8; None: the best trusted one for the kind
     queue_delay_us: int = 100
     trt_fp16: bool = False  # onnxruntime on GPU: TensorRT execution accelerator in FP16
@@ -198,10 +199,11 @@ def build_configs(bundle: Bundle, opts: RepoOptions) -> tuple[dict[str, Any], di
     if threads:  # read by rtk's Python-backend classifier and by Triton's onnxruntime backend
         extra.update(intra_op_threads=str(threads), intra_op_thread_count=str(threads),
                      inter_op_thread_count="1")
-        # rtk's classifier: idle ONNX Runtime threads sleep, so the decoding instances on the
-        # same cores get them (12 MP JPEGs served: 31.5 against 27.6 images/s; 320x240: 99.5
-        # against 102.2, within the run-to-run spread; benchmarks/cpu/photos/README.md)
-        extra.update(intra_op_allow_spinning="0")
+        # rtk's classifier: idle ONNX Runtime threads sleep by default, so the decoding instances
+        # on the same cores get them: 12 MP JPEGs served at c8 31.5 against 27.6 images/s with
+        # spinning, 320x240 99.5 against 102.2. The price is latency where the model is tiny:
+        # the digits run's classifier at c1 3.4 against 2.5 ms p50 (README, "Real photos").
+        extra.update(intra_op_allow_spinning="1" if opts.ort_spin else "0")
     made = {
         "classifier": configs.classifier(names["classifier"], opts.platform, inp, out=out,
                                          serving=serving("classifier", **extra), trt_fp16=opts.trt_fp16),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..bench.stability import interleaved
+from ..bench.stability import Comparison, interleaved
 from .space import Candidate
 
 LOAD_S = 3.0  # what one reload of the four models costs on the 2-core CPU, for the time reserve
@@ -42,14 +42,14 @@ def finalists(scores: dict[Candidate, float], default: Candidate, n: int = 2) ->
 
 def confirm(measure: Callable[[Candidate], float], chosen: list[Candidate], default: Candidate,
             *, rounds: int = 3) -> tuple[dict, Candidate]:
-    """Interleaved rounds of the default and the finalists; the winner is the finalist with the
-    best median ratio whose whole interval is above 1, else the default."""
+    """Interleaved rounds of the default and the finalists; the winner is a finalist whose whole
+    interval is above 1 (else the default), the one nearest the default unless another is
+    measurably faster than it (see `pick`)."""
     comparisons = interleaved(measure, chosen, default, rounds=rounds)
     rows = [{"candidate": c.describe(), "label": c.label(), "ratios": [round(r, 3) for r in comp.ratios],
              "median": round(comp.median, 3), "interval": [round(v, 3) for v in comp.interval()],
              "measurable_gain": comp.measurable_gain()} for c, comp in comparisons.items()]
-    gains = [(comp.median, c) for c, comp in comparisons.items() if comp.measurable_gain()]
-    winner = max(gains, key=lambda g: g[0])[1] if gains else default
+    winner = pick(comparisons, default)
     out = {"rounds": rounds, "finalists": rows, "winner": winner.describe()}
     if winner == default:
         best = max(comparisons.values(), key=lambda comp: comp.median, default=None)
@@ -62,3 +62,27 @@ def confirm(measure: Callable[[Candidate], float], chosen: list[Candidate], defa
         out["verdict"] = f"{comp.median:.2f}x the default (90% interval {lo:.2f}-{hi:.2f})"
         out["speedup"], out["interval"] = comp.median, [lo, hi]
     return out, winner
+
+
+def changes(c: Candidate, default: Candidate) -> int:
+    """How many settings a candidate changes from the default deployment."""
+    a, b = c.describe(), default.describe()
+    return sum(a[k] != b[k] for k in a)
+
+
+def pick(comparisons: dict, default: Candidate) -> Candidate:
+    """Among the finalists with a measurable gain, the one that changes fewest settings, unless
+    another is measurably faster than it: the per-round ratio of their two readings (same
+    rounds, same baseline) has its whole interval above 1. Two finalists that noise cannot tell
+    apart would otherwise be chosen by the larger median, a coin flip between runs."""
+    gaining = sorted((c for c, comp in comparisons.items() if comp.measurable_gain()),
+                     key=lambda c: (changes(c, default), -comparisons[c].median))
+    if not gaining:
+        return default
+    best = gaining[0]
+    for other in gaining[1:]:
+        head_to_head = Comparison(tuple(a / b for a, b in zip(comparisons[other].ratios,
+                                                               comparisons[best].ratios)))
+        if head_to_head.measurable_gain():
+            best = other
+    return best
