@@ -30,6 +30,10 @@ class TritonPythonModel:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
         opts.inter_op_num_threads = 1
+        # "0": idle intra-op threads sleep instead of spinning, leaving the cores to the
+        # decoding instances that share them (rtk triton writes it on CPU)
+        opts.add_session_config_entry("session.intra_op.allow_spinning",
+                                      params.get("intra_op_allow_spinning", "1"))
         providers = ["CPUExecutionProvider"]
         if args.get("model_instance_kind") == "GPU" and \
                 "CUDAExecutionProvider" in ort.get_available_providers():

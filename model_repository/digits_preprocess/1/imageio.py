@@ -5,6 +5,12 @@ torch or anything from rtk: the served transform is the very code used everywher
 It reproduces torchvision's Resize(short side, bilinear, antialias) + CenterCrop on PIL
 images; `eval_uint8` is what every artifact takes (they normalise inside, see
 toolkit/core/contract.py) and `eval_array` adds ToTensor + Normalize for training.
+
+The decode rule: a JPEG is decoded at the largest DCT scale (1/2, 1/4, 1/8: libjpeg's scaled
+IDCT, through PIL's `draft`) that keeps its short side at or above the size the next step
+needs (`min_short`), so a 12-megapixel photo is never decoded at full size to feed a 232 px
+resize. `load_eval` is the rule for the evaluation transform; training asks for more pixels
+(toolkit/data/loaders.py). Measured against full decoding: README, "Real photos".
 """
 
 from __future__ import annotations
@@ -34,15 +40,36 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_rgb(source) -> Image.Image:
-    """Decode a path or encoded bytes into an RGB image (raises on unreadable data)."""
+def open_rgb(source, min_short: int | None = None) -> Image.Image:
+    """Decode a path or encoded bytes into an RGB image (raises on unreadable data); with
+    `min_short`, a JPEG at the smallest DCT scale whose short side is still >= min_short."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(source))
     with Image.open(source) as img:
         if img.width * img.height > MAX_PIXELS:
             raise ValueError(f"image of {img.width}x{img.height} exceeds {MAX_PIXELS} pixels")
+        if min_short:
+            scaled_draft(img, min_short)
         img.load()
         return to_rgb(img)
+
+
+def scaled_draft(img: Image.Image, min_short: int) -> None:
+    """Ask libjpeg for a DCT-scaled decode that keeps the short side >= min_short (no-op for
+    other formats and for images that are not at least twice min_short)."""
+    w, h = img.size
+    if img.format != "JPEG" or min(w, h) < 2 * min_short:
+        return
+    short = min(w, h)
+    # PIL picks the largest scale in 1/2..1/8 with w/scale >= asked width and h/scale >= asked
+    # height (it rounds the decoded size up), so asking min_short for the short side is exact.
+    img.draft(None, (-(-w * min_short // short), -(-h * min_short // short)))  # ceil division
+
+
+def load_eval(source, pre: dict) -> np.ndarray:
+    """Decode (at the scale the resize needs) and apply the evaluation transform: the served
+    uint8 HxWx3 crop. The one path of eval, predict, the export gate, bench and Triton."""
+    return eval_uint8(open_rgb(source, min_short=pre["resize"]), pre)
 
 
 def resize_crop(img: Image.Image, resize: int, crop: int) -> Image.Image:

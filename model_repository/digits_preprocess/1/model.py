@@ -57,7 +57,7 @@ class TritonPythonModel:
 
     def _one(self, data):
         try:
-            return self.io.eval_uint8(self.io.open_rgb(data), self.pre)
+            return self.io.load_eval(data, self.pre)
         except Exception as exc:  # PIL raises many types for undecodable data
             raise ValueError(f"cannot decode image: {exc}") from None
 
