@@ -93,8 +93,9 @@ def int8_record(entry: Artifact) -> dict[str, Any]:
 
 
 def bench_backend(bundle: Bundle, name: str, device: str, *, opts: BenchOptions, images: np.ndarray,
-                  reference: np.ndarray, echo: Callable = print) -> list[dict]:
-    """Rows for one backend on one device: a reason row, a parity-failed row, or timed rows."""
+                  reference: np.ndarray, echo: Callable = print, files: list | None = None) -> list[dict]:
+    """Rows for one backend on one device: a reason row, a parity-failed row, or timed rows.
+    `files`: what `--images` timing decodes (found once by run_bench; else found here)."""
     from ..backends import backend_class
 
     reason = backend_class(name).availability(bundle, device)
@@ -119,7 +120,7 @@ def bench_backend(bundle: Bundle, name: str, device: str, *, opts: BenchOptions,
             for bs in opts.batch_sizes:
                 echo(f"  {name:<18} {device:<4} batch {bs:<4}")
                 if opts.images:
-                    call = EndToEnd(backend, bench_paths(bundle, opts.images, 256),
+                    call = EndToEnd(backend, files or bench_paths(bundle, opts.images, 256),
                                     bundle.preprocessing.to_json(), bs)
                 else:
                     call = Prepared(backend, np.ascontiguousarray(np.resize(images, (bs, *images.shape[1:]))))
@@ -155,18 +156,19 @@ class EndToEnd:
         from concurrent.futures import ThreadPoolExecutor
         from itertools import cycle
 
-        self.backend, self.recipe, self.bs = backend, recipe, bs
+        from ..data.images import load_eval
+
+        self.decode = lambda p: load_eval(p, recipe)
+        self.backend, self.bs = backend, bs
         self.files = cycle(paths)
         self.pool = ThreadPoolExecutor(max(1, usable_cores()))
         self.decode_s = self.model_s = 0.0
         self.images = 0
 
     def __call__(self):
-        from ..data.images import load_eval
-
         t0 = time.perf_counter()
         files = [next(self.files) for _ in range(self.bs)]
-        batch = np.stack(list(self.pool.map(lambda p: load_eval(p, self.recipe), files)))
+        batch = np.stack(list(self.pool.map(self.decode, files)))
         t1 = time.perf_counter()
         out = self.backend(batch)
         self.decode_s += t1 - t0
@@ -214,14 +216,15 @@ def run_bench(bundle: Bundle, opts: BenchOptions, echo: Callable = print) -> dic
     """Benchmark every requested backend and device; the result feeds `report.write`."""
     source = f"the images in {opts.images}" if opts.images else "held-out images"
     echo(f"Parity reference: PyTorch eager FP32 on {source}...")
-    images, reference = _reference(bundle, bench_paths(bundle, opts.images, PARITY_IMAGES))
+    files = bench_paths(bundle, opts.images, 256)  # one look at the folder for every use below
+    images, reference = _reference(bundle, files[:PARITY_IMAGES])
     results = []
     for device in opts.devices:
         for name in opts.backends or default_backends():
             if name == "triton":
                 continue
             results += bench_backend(bundle, name, device, opts=opts, images=images,
-                                     reference=reference, echo=echo)
+                                     reference=reference, echo=echo, files=files)
     triton = None
     if opts.triton_url or (opts.backends and "triton" in opts.backends):
         from .triton import bench_triton
@@ -233,5 +236,5 @@ def run_bench(bundle: Bundle, opts: BenchOptions, echo: Callable = print) -> dic
     return {"environment": environment(), "bundle": str(bundle.root),
             "arch": bundle.manifest.arch, "image_size": bundle.preprocessing.crop,
             "timing": {**asdict(opts.timing), "window_s": opts.timing.window_s}, "images": opts.images,
-            "data_pipeline": data_pipeline(bundle, bench_paths(bundle, opts.images, 256)),
+            "data_pipeline": data_pipeline(bundle, files),
             "results": results, "triton": triton, "headlines": headlines(results)}
