@@ -468,3 +468,38 @@ def test_allow_from_must_be_a_namespace_or_a_label(tiny_bundle, tmp_path):
 
     with pytest.raises(RtkError, match="is not KEY=VALUE"):
         deploy(tiny_bundle, tmp_path / "k8s", allow_from=("app=",))
+
+
+@pytest.mark.parametrize("target,vnni_terms", [("x86-vnni", 3), ("x86-avx2", 1)])
+def test_an_int8_deployment_requires_nodes_of_its_cpu_kind(exported, tmp_path, target, vnni_terms):
+    """The CPU overlay serving INT8 keeps to the kind its gate passed on (NFD labels); a kind
+    it was not gated on gets FP32 and no affinity. The gate row is set here, so the test does
+    not depend on the CPU it runs on."""
+    from toolkit.core.bundle import Bundle
+
+    root = Path(shutil.copytree(exported, tmp_path / "run"))
+    bundle = Bundle.load(root)
+    row = {"passed": True, "vs_fp32": 2.0, "host": {"int8_class": target}}
+    bundle.update_artifact("model.int8.onnx", trusted=True, gates={target: row})
+    bundle.save()
+    for asked, served in ((target, True), ("arm64", False)):
+        out = tmp_path / f"k8s-{asked}"
+        summary = deploy(root, out, kind="cpu", target_cpu=asked)
+        spec = one(python_render(out / "overlays/cpu"), "Deployment")["spec"]["template"]["spec"]
+        readme = (out / "README.md").read_text()
+        if not served:
+            assert "affinity" not in spec and "serves FP32, not INT8" in readme
+            continue
+        terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+            "nodeSelectorTerms"]
+        assert len(terms) == vnni_terms
+        keys = [e["key"] for t in terms for e in t["matchExpressions"]]
+        assert all(k.startswith("feature.node.kubernetes.io/cpu-cpuid.") or k == "kubernetes.io/arch"
+                   for k in keys)
+        if target == "x86-avx2":  # AVX2 and none of the VNNI flags
+            ops = {e["key"].rsplit(".", 1)[-1]: e["operator"] for e in terms[0]["matchExpressions"]}
+            assert ops["AVX2"] == "In" and ops["AVX512VNNI"] == ops["AVXVNNI"] == "DoesNotExist"
+        assert "Node Feature Discovery" in readme and f"--target-cpu {target}" in readme
+        assert any("NFD" in w for w in summary["warnings"])
+        gpu = one(python_render(out / "overlays/gpu"), "Deployment")["spec"]["template"]["spec"]
+        assert "affinity" not in gpu

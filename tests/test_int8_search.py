@@ -59,7 +59,7 @@ def test_single_shot_int8_fails_its_gate_with_search_off(int8_hostile, tmp_path,
 @pytest.mark.slow
 def test_search_keeps_the_fewest_sensitive_nodes_in_float_and_passes(int8_hostile, tmp_path, cli):
     root = shutil.copytree(int8_hostile, tmp_path / "run")
-    result = cli("export", root, *ARGS, "--int8-budget", "10")
+    result = cli("export", root, *ARGS, "--int8-budget", "12")
     assert result.exit_code == 0, result.output
     assert "failed its gate: searching" in result.output and "INT8 search: chose" in result.output
     entry = json.loads((root / "manifest.json").read_text())["artifacts"]["model.int8.onnx"]
@@ -73,7 +73,7 @@ def test_search_keeps_the_fewest_sensitive_nodes_in_float_and_passes(int8_hostil
     nodes = len(onnx.load(str(root / "model.onnx")).graph.node)
     assert 1 <= len(entry["kept_float"]) <= nodes / 4, (len(entry["kept_float"]), nodes)
     assert "node_linear" in entry["kept_float"] or "node_mean" in entry["kept_float"]
-    assert 2 <= len(search["trials"]) <= 10
+    assert 2 <= len(search["trials"]) <= 12
     chosen = [t for t in search["trials"] if t["label"] == search["chosen"]]
     assert chosen and chosen[-1]["passed"] and chosen[-1]["config"]["exclude"] == entry["kept_float"]
     assert not search["trials"][0]["passed"]  # the single shot, refused by the held-out gate
@@ -206,7 +206,8 @@ def test_a_choice_the_held_out_gate_refuses_leads_on_to_more_nodes_in_float(tmp_
     tried = len(s.trials)
     chosen = search(s, first)
     assert chosen["cfg"] == replace(first, method="percentile", exclude=("n0", "n1"))
-    assert len(s.trials) == tried + 3  # per-tensor weights, k = 1, k = 2; nothing re-run
+    # per-tensor weights, percentile bias-corrected, k = 1, k = 2; nothing re-run
+    assert len(s.trials) == tried + 4
     chosen["held_out"] = {"passed": False}
     chosen = search(s, first)
     assert chosen["cfg"].exclude == ("n0", "n1", "n2")  # k = 4 passed, then the fewest: 3

@@ -237,10 +237,16 @@ def test_committed_model_repository_parses_and_holds_no_weights():
     assert tracked and not [t for t in tracked if t.endswith((".onnx", ".plan", ".pt"))]
 
 
-def _with_int8(bundle: Bundle, trusted: bool) -> Bundle:
+def _with_int8(bundle: Bundle, trusted: bool, *, gated_on: str = "x86-vnni",
+               vs_fp32: float = 2.0, session_config: dict | None = None) -> Bundle:
+    """A fake INT8 artifact whose gate ran on `gated_on` CPUs and measured `vs_fp32` there."""
     (bundle.root / "model.int8.onnx").write_bytes(b"onnx-int8")
+    (bundle.root / "model.int8.fingerprint.json").write_text("{}")
+    row = {"passed": trusted, "vs_fp32": vs_fp32, "host": {"int8_class": gated_on}}
     bundle.record_artifact("model.int8.onnx", parent="model.onnx", io=FAKE_IO, trusted=trusted,
-                           gate="passed" if trusted else "failed")
+                           gate="passed" if trusted else "failed", gates={gated_on: row},
+                           fingerprint="model.int8.fingerprint.json",
+                           session_config=session_config or {})
     return bundle
 
 
@@ -249,13 +255,18 @@ def _with_int8(bundle: Bundle, trusted: bool) -> Bundle:
 def test_cpu_serving_picks_int8_only_when_trusted(bundle, tmp_path, trusted, kind, expected):
     _with_int8(bundle, trusted)
     summary = write_repository(bundle, RepoOptions(repo=str(tmp_path / "r"), name="pets",
-                                                   platform="python", kind=kind),
+                                                   platform="python", kind=kind,
+                                                   target_cpu="x86-vnni"),
                                echo=lambda *_: None)
     assert summary["artifact"] == expected
     served = (tmp_path / "r" / "pets_classifier" / "1" / "model.onnx").read_bytes()
     assert served == (bundle.root / expected).read_bytes()
     config = configs.parse((tmp_path / "r" / "pets_classifier" / "config.pbtxt").read_text())
     assert config.parameters["rtk.artifact"].string_value == expected
+    if expected == "model.int8.onnx":  # the classifier replays the fingerprint it is given
+        version = tmp_path / "r" / "pets_classifier" / "1"
+        assert (version / "fingerprint.json").is_file() and (version / "fingerprint.py").is_file()
+        assert config.parameters["fingerprint_class"].string_value == "x86-vnni"
     assert list(config.dynamic_batching.preferred_batch_size) == [16, 32, 64]
     if kind == "cpu":  # ONNX Runtime threads sized to the cores the instances share
         threads = int(config.parameters["intra_op_threads"].string_value)
@@ -300,3 +311,37 @@ def test_idle_onnxruntime_threads_sleep_unless_asked_to_spin(bundle):
     assert made["classifier"].parameters["intra_op_allow_spinning"].string_value == "1"
     model = (Path(repository.__file__).parent / "models" / "classifier.py").read_text()
     assert 'params.get("intra_op_allow_spinning"' in model and "session.intra_op.allow_spinning" in model
+
+
+@pytest.mark.parametrize("target,vs_fp32,config,platform,why", [
+    ("x86-avx2", 2.0, None, "python", "gated on x86-vnni, not on x86-avx2"),
+    ("x86-vnni", 1.1, None, "python", "1.10x FP32, under the 1.3x"),
+    ("x86-vnni", 2.0, {"session.x64quantprecision": "1"}, "onnxruntime",
+     "Triton's onnxruntime backend cannot set"),
+])
+def test_int8_is_served_only_to_its_cpu_kind_and_where_it_pays(bundle, tmp_path, target, vs_fp32,
+                                                               config, platform, why):
+    _with_int8(bundle, True, vs_fp32=vs_fp32, session_config=config)
+    said = []
+    summary = write_repository(bundle, RepoOptions(repo=str(tmp_path / "r"), name="pets",
+                                                   platform=platform, target_cpu=target),
+                               echo=said.append)
+    assert summary["artifact"] == "model.onnx" and why in summary["int8_note"]
+    assert any(line.startswith("Serving FP32, not INT8:") and why in line for line in said)
+
+
+def test_int8_session_options_reach_the_python_classifier(bundle, tmp_path):
+    _with_int8(bundle, True, session_config={"session.x64quantprecision": "1"})
+    write_repository(bundle, RepoOptions(repo=str(tmp_path / "r"), name="pets", platform="python",
+                                         target_cpu="x86-vnni"), echo=lambda *_: None)
+    config = configs.parse((tmp_path / "r" / "pets_classifier" / "config.pbtxt").read_text())
+    assert json.loads(config.parameters["session_config"].string_value) == {
+        "session.x64quantprecision": "1"}
+    assert config.parameters["rtk.target_cpu"].string_value == "x86-vnni"
+
+
+def test_asking_for_int8_on_a_kind_it_was_not_gated_on_is_an_error(bundle, tmp_path):
+    _with_int8(bundle, True)
+    with pytest.raises(RtkError, match="gated on x86-vnni, not on arm64"):
+        write_repository(bundle, RepoOptions(repo=str(tmp_path / "r"), artifact="int8",
+                                             target_cpu="arm64"), echo=lambda *_: None)

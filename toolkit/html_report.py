@@ -242,15 +242,16 @@ def _deployment(bundle: Bundle, tunes: list[dict]) -> dict | None:
         return None
     run = str(bundle.root)
     plan = bundle.manifest.trusted("model.fp16.plan")
+    local, why_fp32 = choose_artifact(bundle, RepoOptions(kind="cpu", platform="python"))
     paths = [
-        {"title": "Locally (CPU, rtk's own Triton server)",
-         "artifact": choose_artifact(bundle, RepoOptions(kind="cpu", platform="python")),
+        {"title": "Locally (CPU, rtk's own Triton server)", "artifact": local,
+         **({"note": f"FP32 is served, not INT8: {why_fp32}."} if why_fp32 else {}),
          "commands": [f"rtk triton {run} --repo model_repository --platform python",
                       "rtk serve model_repository",
                       f"rtk predict {run} IMAGE.jpg --backend triton --url 127.0.0.1:8000"]},
         {"title": "Docker Compose (GPU host, NGC Triton image)",
          "artifact": "model.fp16.plan" if plan else choose_artifact(
-             bundle, RepoOptions(kind="gpu", platform="onnxruntime")),
+             bundle, RepoOptions(kind="gpu", platform="onnxruntime"))[0],
          "commands": [f"rtk triton {run} --repo model_repository --kind gpu --platform "
                       + ("tensorrt" if plan else "onnxruntime"), "docker compose up triton"]},
         {"title": "Kubernetes (Triton with autoscaling, KServe)",

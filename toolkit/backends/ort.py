@@ -11,13 +11,16 @@ from ..core.host import usable_cores
 from .base import Backend
 
 
-def session_options(threads: int | None = None):
-    """Tuned session: all graph optimizations, intra-op threads = usable cores."""
+def session_options(threads: int | None = None, config: dict | None = None):
+    """Tuned session: all graph optimizations, intra-op threads = usable cores, and the
+    session config entries a graph was gated with (an INT8 graph's record)."""
     ort = require("onnxruntime", "onnx")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads or usable_cores()
     opts.inter_op_num_threads = 1
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, str(value))
     return opts
 
 
@@ -60,9 +63,15 @@ class OrtFP32(Backend):
         super().__init__(bundle, device)
         ort = require("onnxruntime", "onnx")
         path = bundle.artifact(self.artifact, trusted=trusted_only)
-        self.session = ort.InferenceSession(str(path), sess_options=session_options(threads),
+        config = bundle.entry(self.artifact).session_config  # what the gate ran it with
+        self.session = ort.InferenceSession(str(path), sess_options=session_options(threads, config),
                                             providers=providers(device, "fp16" in self.artifact))
         self.input = self.session.get_inputs()[0].name
+        if trusted_only:
+            self.check(bundle)
+
+    def check(self, bundle) -> None:
+        """Before serving: nothing to replay for a float graph."""
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input: self.images(x)})[0]
@@ -83,3 +92,13 @@ class OrtInt8(OrtFP32):
 
     name = "onnxruntime-int8"
     artifact = "model.int8.onnx"
+
+    def check(self, bundle) -> None:
+        """Replay the fingerprint: INT8 kernels that compute something else here are refused."""
+        from ..core.errors import RtkError
+        from ..core.int8_trust import regate_hint, replay_reason
+
+        reason = replay_reason(bundle, self.session, self.input)
+        if reason:
+            raise RtkError(f"model.int8.onnx is not served on this CPU: {reason}.",
+                           regate_hint(bundle.root, bundle.entry(self.artifact)))

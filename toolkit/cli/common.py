@@ -34,6 +34,17 @@ class IntList(click.ParamType):
 INT_LIST = IntList()
 
 
+def target_cpu_option(fn):
+    """--target-cpu: the serving CPUs' int8 class, which decides whether INT8 may be served."""
+    from ..core.host import INT8_CLASSES
+
+    return click.option(
+        "--target-cpu", type=click.Choice(INT8_CLASSES),
+        help="CPU int8 class of the serving nodes (default: this host's; `rtk inspect` prints "
+             "it). INT8 is served only to a class its gate passed on, where it measured at "
+             "least 1.3x FP32; otherwise FP32, with the reason.")(fn)
+
+
 def _fail(message: str, hint: str | None, code: int) -> None:
     click.secho(f"Error: {message}", fg="red", err=True)
     if hint:

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .common import handled
+from .common import handled, target_cpu_option
 
 
 @click.command()
@@ -36,6 +36,7 @@ from .common import handled
 @click.option("--control-key-secret",
               help="Secret (key `key`) holding Triton's control API key; rtk never writes it "
                    "(default: <name>-triton-control).")
+@target_cpu_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @handled
 def deploy(out, gpu, image, train_image, as_json, **options):

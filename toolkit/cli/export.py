@@ -40,11 +40,16 @@ def parity_table(rows: list[dict]) -> None:
               help="cpu: uint8 activations, fast in ONNX Runtime; tensorrt: symmetric int8 "
                    "activations for TensorRT explicit quantization.")
 @click.option("--int8-search", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
-              help="auto: when the first INT8 calibration fails its gate, search calibration "
-                   "methods, set size, per-channel weights and layers kept in float, judged on "
-                   "training images kept out of calibration (at most 3 held-out looks).")
+              help="auto: when the first INT8 calibration fails its gate, search (on CPUs "
+                   "without VNNI, ONNX Runtime's remedies first) calibration methods, set size, "
+                   "per-channel weights, bias correction and layers kept in float, judged on "
+                   "training images kept out of calibration; at most 3 held-out looks per "
+                   "held-out set, counted across runs.")
 @click.option("--int8-budget", default=12, show_default=True, type=click.IntRange(min=1),
               help="Most INT8 quantizations the search may try.")
+@click.option("--int8-requantize", is_flag=True,
+              help="Quantize INT8 anew even where model.int8.onnx passed its gate on another CPU "
+                   "kind (by default that graph is gated here too, keeping its other verdicts).")
 @click.option("--opt-batch", type=click.IntRange(min=1),
               help="TensorRT profile's optimal batch (default: half of --max-batch).")
 @click.option("--data", "data_dir", type=click.Path(), help="Gate on this folder, not the val split.")

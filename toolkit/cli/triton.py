@@ -8,7 +8,7 @@ import signal
 
 import click
 
-from .common import handled
+from .common import handled, target_cpu_option
 
 
 @click.command()
@@ -43,6 +43,7 @@ from .common import handled
                    "bound turns off Triton's payload prefetching: use it with --instances 2+.")
 @click.option("--queue-timeout-ms", type=int, default=0, show_default=True,
               help="A request that waited this long in a model's queue is rejected (0: never).")
+@target_cpu_option
 @click.option("--json", "as_json", is_flag=True)
 @handled
 def triton(run_dir, as_json, **options):

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .common import INT_LIST, handled
+from .common import INT_LIST, handled, target_cpu_option
 from .triton import BACKEND_ENV_HELP
 
 
@@ -35,6 +35,7 @@ from .triton import BACKEND_ENV_HELP
               help="Where the chosen deployment's model repository is written.")
 @click.option("--name", help="Ensemble name (default: the run folder's name).")
 @click.option("--backend-env", type=click.Path(), help=BACKEND_ENV_HELP)
+@target_cpu_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handled
 def tune(run_dir, as_json, stable_windows, stability_percent, **options):

@@ -25,16 +25,21 @@ def gpu() -> dict | None:
             "compute_capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda}
 
 
-def tensorrt_version() -> str | None:
-    """The installed TensorRT release, read from package metadata (no import of tensorrt)."""
+def package_version(*dists: str) -> str | None:
+    """The first of `dists` installed, read from package metadata (nothing is imported)."""
     from importlib import metadata
 
-    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13"):
+    for dist in dists:
         try:
             return metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
     return None
+
+
+def tensorrt_version() -> str | None:
+    """The installed TensorRT release."""
+    return package_version("tensorrt", "tensorrt-cu12", "tensorrt-cu13")
 
 
 def tensorrt_ready() -> str | None:
@@ -69,3 +74,65 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+# ONNX Runtime's x86 int8 kernels: with VNNI (AVX512_VNNI, AVX_VNNI) or AMX a u8*s8 product is
+# summed straight into 32 bits; without it (AVX2, AVX-512 core) VPMADDUBSW first adds pairs of
+# products in 16 bits, which saturate. A graph gated on one kind may lose points on the other.
+INT8_CLASSES = ("x86-vnni", "x86-avx2", "arm64", "unknown")
+SATURATING = ("x86-avx2", "unknown")
+_VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8", "amx_tile"}
+
+
+def int8_class(flags: set[str] | None = None, machine: str | None = None) -> str:
+    """This CPU's int8 kernel class (see INT8_CLASSES); `flags`/`machine` for recorded hosts."""
+    import platform
+
+    machine = (machine or platform.machine()).lower()
+    if machine in ("arm64", "aarch64"):
+        return "arm64"
+    if machine not in ("x86_64", "amd64", "i686", "x86"):
+        return "unknown"
+    flags = cpu_flags() if flags is None else {f.lower() for f in flags}
+    if flags & _VNNI_FLAGS:
+        return "x86-vnni"
+    if "avx2" in flags:
+        return "x86-avx2"
+    return "unknown"  # no flags to read: treated as saturating
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags: /proc/cpuinfo on Linux, sysctl on macOS, else empty."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].lower().split())
+    except OSError:
+        pass
+    try:  # macOS on Intel: leaf-7 features name AVX512VNNI, AVX2...
+        out = subprocess.run(["sysctl", "-n", "machdep.cpu.features", "machdep.cpu.leaf7_features"],
+                             capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    names = {f.lower().replace(".", "_") for f in out.split()}
+    return names | ({"avx512_vnni"} if "avx512vnni" in names else set())
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the OS reports it ('unknown' where it does not)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def int8_host(threads: int | None = None, session_config: dict | None = None) -> dict:
+    """What an INT8 verdict belongs to: kernel class, CPU, ONNX Runtime, session, threads."""
+    return {"int8_class": int8_class(), "cpu_model": cpu_model(),
+            "onnxruntime": package_version("onnxruntime", "onnxruntime-gpu"),
+            "session_config": dict(session_config or {}), "threads": threads or usable_cores()}

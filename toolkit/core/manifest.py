@@ -144,6 +144,11 @@ class Artifact(Record):
     tensorrt_version: str | None = None
     gpu: str | None = None
     compute_capability: str | None = None
+    # INT8 only: the verdict per CPU int8 class (core.host.INT8_CLASSES), each with the host
+    # it was taken on; the session options the graph needs here; its fingerprint's file
+    gates: dict[str, Any] | None = None
+    session_config: dict[str, str] | None = None
+    fingerprint: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -237,6 +242,8 @@ class Manifest(Record):
     metrics: Metrics | None = None
     diagnosis: tuple[str, ...] | None = None
     export: ExportRecord | None = None
+    # held-out sets by content hash: how often an INT8 verdict was asked of each (export.looks)
+    held_out: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):

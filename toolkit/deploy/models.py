@@ -17,12 +17,20 @@ FINETUNE_FLAGS = {"arch": "--arch", "image_size": "--image-size", "batch_size": 
                   "val_split": "--val-split", "eval_steps": "--eval-steps", "seed": "--seed"}
 
 
-def find_models(source: Path, name: str | None) -> dict[str, Any]:
-    """Model names (role -> name), where they came from, and the run's fine-tuning flags."""
+def find_models(source: Path, name: str | None, *, target_cpu: str | None = None) -> dict[str, Any]:
+    """Model names (role -> name), where they came from, the run's fine-tuning flags, and the
+    CPU kind the CPU overlay's INT8 classifier is kept to (as `rtk triton --kind cpu` picks)."""
     if (source / MANIFEST).is_file():
+        from ..triton.repository import RepoOptions, choose_artifact, target_cpu as resolve_cpu
+
         bundle = Bundle.load(source)
+        opts = RepoOptions(kind="cpu", platform="python", target_cpu=target_cpu)
+        artifact, note = (choose_artifact(bundle, opts) if bundle.manifest.trusted("model.onnx")
+                          else (None, None))
         return {"source": "run", "models": model_names(name or default_name(bundle)),
-                "finetune_args": finetune_args(bundle.manifest.config or {})}
+                "finetune_args": finetune_args(bundle.manifest.config or {}),
+                "int8_class": resolve_cpu(opts) if artifact == "model.int8.onnx" else None,
+                "int8_note": note}
     if source.is_dir() and any(source.glob("*/config.pbtxt")):
         return {"source": "repository", **from_repository(source, name), "finetune_args": []}
     raise RtkError(f"{source} is neither an rtk run nor a Triton model repository.",
@@ -75,4 +83,7 @@ def from_repository(repo: Path, name: str | None) -> dict[str, Any]:
                        "Regenerate the repository with `rtk triton`.")
     groups = parsed[models["classifier"]].instance_group
     gpu = any(g.kind == configs.pb().ModelInstanceGroup.KIND_GPU for g in groups)
-    return {"models": models, "repo_kind": "gpu" if gpu else "cpu"}
+    params = parsed[models["classifier"]].parameters
+    int8 = "rtk.target_cpu" in params and params["rtk.artifact"].string_value == "model.int8.onnx"
+    return {"models": models, "repo_kind": "gpu" if gpu else "cpu",
+            "int8_class": params["rtk.target_cpu"].string_value if int8 and not gpu else None}

@@ -39,6 +39,7 @@ class DeployOptions:
     allow_from: tuple[str, ...] = ()  # inference clients: NAMESPACE or KEY=VALUE pod labels
     monitoring_namespace: str = "monitoring"  # the only namespace that may scrape metrics
     control_key_secret: str | None = None  # Secret with the control API key; default <name>-triton-control
+    target_cpu: str | None = None  # CPU int8 class of the serving nodes (default: this host's)
 
 
 @dataclass
@@ -72,6 +73,8 @@ class Plan:
     allow_from: tuple[str, ...] = ()
     monitoring_namespace: str = "monitoring"
     control_key_secret: str = ""
+    int8_class: str | None = None  # the CPU overlay serves INT8 gated on this class (None: FP32)
+    int8_note: str | None = None  # why the CPU overlay serves FP32 rather than INT8
 
 
 def k8s_name(name: str) -> str:
@@ -118,7 +121,7 @@ def resolve(opts: DeployOptions) -> Plan:
     for flag, image in (("--image", opts.image), ("--train-image", opts.train_image)):
         if not image or any(c.isspace() for c in image):
             raise RtkError(f"{flag} {image!r} is not an image reference.", "Use REGISTRY/NAME:TAG.")
-    found = find_models(Path(opts.source), opts.name)
+    found = find_models(Path(opts.source), opts.name, target_cpu=opts.target_cpu)
     app = k8s_name(found["models"]["ensemble"])
     repo = parse_repo_uri(opts.repo_uri or f"pvc:{app}-models")
     shared = opts.shared_pvc or f"{app}-shared"
@@ -131,4 +134,5 @@ def resolve(opts: DeployOptions) -> Plan:
                 train_image=opts.train_image, shared_pvc=shared,
                 finetune_args=found["finetune_args"], repo_kind=found.get("repo_kind"),
                 allow_from=tuple(opts.allow_from), monitoring_namespace=opts.monitoring_namespace,
-                control_key_secret=opts.control_key_secret or f"{app}-triton-control")
+                control_key_secret=opts.control_key_secret or f"{app}-triton-control",
+                int8_class=found.get("int8_class"), int8_note=found.get("int8_note"))

@@ -42,6 +42,7 @@ rtk triton {run} --name {ensemble} --kind {kind} --repo model_repository  # --ki
 rtk serve model_repository                         # optional: try it locally first
 ```
 
+{int8_section}
 The names must match: `rtk deploy` derived them from the run exactly as `rtk triton` does
 (or read them from the repository's `config.pbtxt` files). A TensorRT repository
 (`--platform tensorrt`) needs a plan built with TensorRT from NGC {ngc} (the Dockerfile's).
@@ -203,10 +204,27 @@ def _repo_steps(plan: Plan) -> str:
             "`storage/` for claims you already have.")
 
 
+def _int8_section(plan: Plan) -> str:
+    """What keeps an INT8 classifier to the CPU kind it was gated on (empty for FP32)."""
+    if plan.int8_class:
+        return (f"The CPU overlay serves the INT8 graph, which passed its accuracy gate on "
+                f"`{plan.int8_class}` CPUs only: ONNX Runtime's int8 kernels differ by CPU (without "
+                "VNNI their 16-bit sums saturate). Its Deployment therefore requires nodes of that "
+                "kind, read from the labels of **Node Feature Discovery** "
+                "(`feature.node.kubernetes.io/cpu-cpuid.*`), a prerequisite: install NFD on the "
+                "cluster, or no node matches and the pods stay Pending. Generate the repository "
+                f"for that kind: `rtk triton ... --kind cpu --target-cpu {plan.int8_class}`; the "
+                "classifier replays its fingerprint when it loads and refuses other kernels.\n")
+    if plan.int8_note:
+        return f"The CPU overlay serves FP32, not INT8: {plan.int8_note}.\n"
+    return ""
+
+
 def readme(plan: Plan, source: str) -> str:
     """The generated folder's README, filled in for this plan."""
     run = source if plan.source == "run" else "RUN_DIR"
     return TEMPLATE.format(
+        int8_section=_int8_section(plan),
         ensemble=plan.models["ensemble"], version=__version__, source=source,
         source_kind="a run" if plan.source == "run" else "a model repository", app=plan.app,
         triton_base=TRITON_BASE, model_list=", ".join(f"`{plan.models[r]}`" for r in ROLES),

@@ -171,5 +171,9 @@ def overlay_patch(plan: Plan, kind: str) -> dict[str, Any]:
     spec: dict[str, Any] = {"containers": [{"name": "triton", "resources": RESOURCES[kind]}]}
     if kind == "gpu":
         spec["tolerations"] = [pod.gpu_toleration()]
+    if kind == "cpu" and plan.int8_class:  # INT8 is trusted only on the CPU kind it was gated on
+        from .affinity import node_affinity
+
+        spec["affinity"] = node_affinity(plan.int8_class)
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": f"{plan.app}-triton"},
             "spec": {"template": {"spec": spec}}}

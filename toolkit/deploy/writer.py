@@ -154,6 +154,9 @@ def warnings(plan: Plan, opts: DeployOptions) -> list[str]:
                      f"{rtk_checkout()}), then re-run with --image REGISTRY/{DEFAULT_IMAGE}.")
     if plan.repo_kind == "gpu":
         found.append("The repository's classifier runs on KIND_GPU: only overlays/gpu can serve it.")
+    if plan.int8_class:
+        found.append(f"overlays/cpu serves INT8 and requires {plan.int8_class} nodes by their Node "
+                     "Feature Discovery labels: NFD must run on the cluster (README).")
     if plan.repo_kind == "cpu" and plan.kind == "gpu":
         found.append("The repository's classifier runs on KIND_CPU: on GPU pods it still uses the "
                      "CPU; regenerate it with `rtk triton ... --kind gpu` for overlays/gpu.")

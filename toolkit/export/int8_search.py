@@ -5,10 +5,13 @@ the export gate's own rule at half its slack (agreement with the FP32 graph and 
 never loosened); the held-out set is left to the export's gate, which a caller consults a
 bounded number of times: a trial it refused is never chosen again, nor one that does no better
 on the probe than a refused one, and the next search resumes where this one stopped (so a
-refused calibration leads on to the layer-wise fallback). Order, cheapest first: calibration
-method and per-channel weights, a larger calibration set, then layer-wise fallback, which keeps
-the fewest, most sensitive nodes in float (ranked by how much of each activation's per-channel
-signal its quantization destroys, measured in one pass).
+refused calibration leads on to the layer-wise fallback). Order, cheapest first: on a CPU whose
+int8 products saturate (core.host.SATURATING), ONNX Runtime's documented remedies (the same
+graph under session.x64quantprecision, U8U8 products, 7-bit weights) and the first convolution
+in float; then calibration method and per-channel weights, a larger calibration set, bias
+correction, and layer-wise fallback, which keeps the fewest, most sensitive nodes in float
+(ranked by how much of each activation's per-channel signal its quantization destroys,
+measured in one pass).
 """
 
 from __future__ import annotations
@@ -36,11 +39,27 @@ class Int8Config:
     per_channel: bool = True
     calib_size: int = 256
     exclude: tuple[str, ...] = ()
+    weights: str = "s8"  # s8, or u8: U8U8 products, which VPMADDUBSW never sums in 16 bits
+    reduce_range: bool = False  # 7-bit weights: a pair of u8*s7 products fits 16 bits
+    x64_precision: bool = False  # session.x64quantprecision: the session's choice, same graph
+    bias_correction: bool = False  # each convolution's per-channel output mean put back
 
     def label(self) -> str:
         kept = f", {len(self.exclude)} node(s) in float" if self.exclude else ""
+        extra = "".join(f", {name}" for on, name in (
+            (self.weights == "u8", "U8U8"), (self.reduce_range, "7-bit weights"),
+            (self.x64_precision, "session.x64quantprecision"),
+            (self.bias_correction, "bias-corrected")) if on)
         return (f"{self.method}, {'per-channel' if self.per_channel else 'per-tensor'} weights, "
-                f"{self.calib_size} calibration images{kept}")
+                f"{self.calib_size} calibration images{extra}{kept}")
+
+    @property
+    def session_config(self) -> dict[str, str]:
+        """The ONNX Runtime session options this configuration's graph must run with."""
+        return {X64_PRECISION: "1"} if self.x64_precision else {}
+
+
+X64_PRECISION = "session.x64quantprecision"  # ONNX Runtime: U8U8 kernels on x64 without VNNI
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,8 @@ class Search:
     tolerances: Tolerances
     work: Path
     prepared: Path  # the float graph that was quantized (for the sensitivity analysis)
+    saturating: bool = False  # this CPU's int8 products saturate: try the remedies first
+    first_conv: tuple[str, ...] = ()  # the first convolution (it sees the raw pixel range)
     max_trials: int = 12
     max_calib: int = 1024
     echo: Callable = print
@@ -73,10 +94,17 @@ class Search:
         done = next((t for t in self.trials if t["cfg"] == cfg), None)
         if done is not None:
             return done
-        path = self.work / f"trial{len(self.trials)}.onnx"
-        cache = self.work / f"calib-{cfg.method}-{cfg.calib_size}.json"
         start = time.perf_counter()
-        info = self.quantize(cfg, path, cache if _has_cache_option() else None)
+        graph = replace(cfg, x64_precision=False)
+        same = next((t for t in self.trials if t["cfg"] == graph), None) if cfg.x64_precision \
+            else None
+        if same is not None:  # a session option: the very graph, run another way
+            path, info = same["path"], dict(same["info"])
+        else:
+            path = self.work / f"trial{len(self.trials)}.onnx"
+            cache = self.work / f"calib-{cfg.method}-{cfg.calib_size}.json"
+            info = self.quantize(graph, path, cache if _has_cache_option() else None)
+        info["session_config"] = cfg.session_config
         return self._judge(cfg, path, info, start=start)
 
     def adopt(self, cfg: Int8Config, path: Path, info: dict) -> dict:
@@ -93,7 +121,8 @@ class Search:
                 and all(probe_score(trial) > floor for floor in floors))
 
     def _judge(self, cfg: Int8Config, path: Path, info: dict, *, start: float) -> dict:
-        logits = run_graph(path, self.input_name, self.probe.images)
+        logits = run_graph(path, self.input_name, self.probe.images,
+                           session_config=cfg.session_config)
         row = judge(parity(self.probe.reference, logits, self.probe.labels), "int8",
                     stricter(self.tolerances))
         trial = {"cfg": cfg, "config": {**asdict(cfg), "exclude": list(cfg.exclude)},
@@ -141,22 +170,37 @@ def search(s: Search, first: Int8Config) -> dict:
         return (s.ok(t), *probe_score(t))
 
     best = s.run(first)  # the single shot, which failed the held-out gate before any search
-    candidates = [replace(first, method=m) for m in METHODS if m != first.method]
-    candidates.append(replace(first, per_channel=not first.per_channel))
-    for cfg in candidates:
-        if s.exhausted:
-            return best
-        best = max(best, s.run(cfg), key=score)
-        if s.ok(best):
-            return best
-    base = replace(best["cfg"], exclude=())
-    if s.max_calib > base.calib_size and not s.exhausted:  # up to twice, as far as the split allows
-        larger = min(2 * base.calib_size, s.max_calib)
-        best = max(best, s.run(replace(base, calib_size=larger)), key=score)
-        if s.ok(best):
-            return best
-        base = replace(best["cfg"], exclude=())
-    return _fallback(s, base, best, score=score)
+    stages = [remedies(s, first)] if s.saturating else []
+    stages.append(lambda b: [replace(first, method=m) for m in METHODS if m != first.method]
+                  + [replace(first, per_channel=not first.per_channel)])
+    stages.append(lambda b: [replace(b, calib_size=min(2 * b.calib_size, s.max_calib))]
+                  if s.max_calib > b.calib_size else [])  # up to twice, as the split allows
+    stages.append(lambda b: [] if b.bias_correction else [replace(b, bias_correction=True)])
+    for stage in stages:
+        for cfg in stage(_base(s, best["cfg"])):
+            if s.exhausted:
+                return best
+            best = max(best, s.run(cfg), key=score)
+            if s.ok(best):
+                return best
+    return _fallback(s, _base(s, best["cfg"]), best, score=score)
+
+
+def _base(s: Search, cfg: Int8Config) -> Int8Config:
+    """`cfg` without the fallback's nodes in float (the first convolution stays if chosen)."""
+    return replace(cfg, exclude=cfg.exclude if cfg.exclude == s.first_conv else ())
+
+
+def remedies(s: Search, first: Int8Config) -> Callable[[Int8Config], list[Int8Config]]:
+    """ONNX Runtime's documented remedies for saturating int8 products, then the first
+    convolution in float (it multiplies the raw pixel range); cheapest first."""
+    def stage(_: Int8Config) -> list[Int8Config]:
+        tries = [replace(first, x64_precision=True), replace(first, weights="u8"),
+                 replace(first, reduce_range=True)]
+        if s.first_conv:
+            tries.append(replace(first, exclude=s.first_conv))
+        return tries
+    return stage
 
 
 def _fallback(s: Search, base: Int8Config, best: dict, *, score: Callable) -> dict:
@@ -170,7 +214,7 @@ def _fallback(s: Search, base: Int8Config, best: dict, *, score: Callable) -> di
     groups = s.groups[base]
     passing, failing_k, k = None, 0, 1
     while k <= len(groups) and not s.exhausted:
-        result = s.run(replace(base, exclude=nodes_of(groups[:k])))
+        result = s.run(replace(base, exclude=nodes_of(groups[:k], base.exclude)))
         best = max(best, result, key=score)
         if s.ok(result):
             passing = (k, result)
@@ -182,7 +226,7 @@ def _fallback(s: Search, base: Int8Config, best: dict, *, score: Callable) -> di
     low, (high, chosen) = failing_k, passing
     while high - low > 1 and not s.exhausted:  # the fewest groups that still pass
         mid = (low + high) // 2
-        result = s.run(replace(base, exclude=nodes_of(groups[:mid])))
+        result = s.run(replace(base, exclude=nodes_of(groups[:mid], base.exclude)))
         if s.ok(result):
             high, chosen = mid, result
         else:
@@ -190,8 +234,8 @@ def _fallback(s: Search, base: Int8Config, best: dict, *, score: Callable) -> di
     return chosen
 
 
-def nodes_of(groups: list[dict]) -> tuple[str, ...]:
-    return tuple(sorted({n for g in groups for n in g["nodes"]}))
+def nodes_of(groups: list[dict], also: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return tuple(sorted({n for g in groups for n in g["nodes"]} | set(also)))
 
 
 def sensitive_groups(qdq_path: Path, float_path: Path, input_name: str,
@@ -271,17 +315,18 @@ def channel_error(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.minimum(err, 1.0).mean()) if live.any() else 0.0
 
 
-def _session(path: Path):
+def _session(path: Path, session_config: dict | None = None):
     ort = require("onnxruntime", "onnx")
     from ..backends.ort import session_options
 
-    return ort.InferenceSession(str(path), sess_options=session_options(),
+    return ort.InferenceSession(str(path), sess_options=session_options(config=session_config),
                                 providers=["CPUExecutionProvider"])
 
 
-def run_graph(path: Path, input_name: str, images: np.ndarray, *, outputs=None, batch: int = 32):
+def run_graph(path: Path, input_name: str, images: np.ndarray, *, outputs=None, batch: int = 32,
+              session_config: dict | None = None):
     """Outputs of an ONNX graph on uint8 images, batched (first output unless named)."""
-    session = _session(path)
+    session = _session(path, session_config)
     chunks = [session.run(outputs, {input_name: images[i:i + batch]})
               for i in range(0, len(images), batch)]
     merged = [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
@@ -289,10 +334,11 @@ def run_graph(path: Path, input_name: str, images: np.ndarray, *, outputs=None, 
 
 
 def images_per_second(paths: dict[str, Path], input_name: str, batch: np.ndarray,
-                      *, rounds: int = 4, seconds: float = 0.4) -> dict[str, float]:
-    """Images/s of each graph on one batch, interleaved round by round (A, B, C, A, B, C...)
-    so all see the same machine load; the median round of each."""
-    sessions = {k: _session(p) for k, p in paths.items()}
+                      *, rounds: int = 4, seconds: float = 0.4,
+                      configs: dict[str, dict] | None = None) -> dict[str, float]:
+    """Images/s of each graph on one batch (with `configs[key]` session options), interleaved
+    round by round (A, B, C, A, B, C...) so all see the same machine load; the median round."""
+    sessions = {k: _session(p, (configs or {}).get(k)) for k, p in paths.items()}
     for session in sessions.values():
         session.run(None, {input_name: batch})  # warm-up: allocations, kernel selection
     rates: dict[str, list[float]] = {k: [] for k in sessions}

@@ -33,6 +33,8 @@ def summarize(scan: Scan) -> dict[str, Any]:
         "sizes": {f"{w}x{h}": c for (w, h), c in scan.sizes.most_common(10)},
         "modes": dict(scan.modes),
         "formats": dict(scan.formats),
+        "host": {"cores": host.usable_cores(), "int8_class": host.int8_class(),
+                 "cpu_model": host.cpu_model(), "gpu": gpu and gpu["gpu"]},
         "recommendation": {
             "arch": preset.arch, "lr": preset.lr, "epochs": preset.epochs_range,
             "batch_size": preset.batch_size, "augment": preset.augment,
@@ -91,4 +93,8 @@ def render(report: dict[str, Any]) -> str:
                  f"--batch-size {rec['batch_size']} --augment {rec['augment']} (or --preset auto)")
     lines += [f"note: {n}" for n in rec["notes"]] + [f"hardware: {rec['hardware']}"]
     lines += [f"recipe: {r}" for r in rec.get("recipe", [])]
+    h = report.get("host")
+    if h:  # the CPU's int8 class decides where an INT8 graph's gate verdict holds
+        lines.append(f"this host: {h['cpu_model']}, {h['cores']} core(s), CPU int8 class "
+                     f"{h['int8_class']}" + (f", GPU {h['gpu']}" if h["gpu"] else ", no GPU"))
     return "\n".join(lines)

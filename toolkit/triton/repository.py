@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 import struct
@@ -37,6 +38,7 @@ class RepoOptions:
     preprocess_instances: int | None = None  # None: one per core on CPU (see preprocess_instances)
     ort_spin: bool = False  # CPU: let idle ONNX Runtime threads spin (lower latency, fewer decoding cycles)
     artifact: str | None = None  # onnx | fp16 | int8; None: the best trusted one for the kind
+    target_cpu: str | None = None  # CPU int8 class of the serving nodes (default: this host's)
     queue_delay_us: int = 100
     trt_fp16: bool = False  # onnxruntime on GPU: TensorRT execution accelerator in FP16
     target_tensorrt: str | None = None  # tensorrt: the Triton host's TensorRT (default: here)
@@ -125,21 +127,55 @@ def _check_plan(entry: Artifact, opts: RepoOptions) -> None:
                        "--target-cc for that host, or use --platform onnxruntime.")
 
 
-def choose_artifact(bundle: Bundle, opts: RepoOptions) -> str:
-    """The classifier's artifact: --artifact, else INT8 on CPU when its gate trusted it, else FP32."""
+def choose_artifact(bundle: Bundle, opts: RepoOptions) -> tuple[str, str | None]:
+    """The classifier's artifact: --artifact, else INT8 on CPU where it was gated on the target
+    CPU kind and pays there, else FP32; with the reason INT8 was passed over (None if not)."""
     if opts.platform == "tensorrt":
         if opts.artifact not in (None, "fp16"):
             raise RtkError(f"TensorRT serves the FP16 plan, not --artifact {opts.artifact}.",
                            "Drop --artifact, or use --platform onnxruntime.")
-        return PLAN
+        return PLAN, None
     if opts.artifact is not None:
         if opts.artifact not in ONNX_ARTIFACTS:
             raise RtkError(f"Unknown --artifact {opts.artifact!r}.",
                            f"Use one of: {', '.join(ONNX_ARTIFACTS)}.")
-        return ONNX_ARTIFACTS[opts.artifact]  # refused below if it is not trusted
-    if opts.kind == "cpu" and bundle.manifest.trusted(ONNX_ARTIFACTS["int8"]):
-        return ONNX_ARTIFACTS["int8"]
-    return ONNX_ARTIFACTS["onnx"]
+        if opts.artifact == "int8" and opts.kind == "cpu" and \
+                bundle.manifest.trusted(ONNX_ARTIFACTS["int8"]):  # else refused as untrusted
+            reason = int8_refusal(bundle, opts, pays=False)
+            if reason:
+                raise RtkError(f"model.int8.onnx cannot be served here: {reason}.",
+                               "Drop --artifact to serve FP32, or gate INT8 on that CPU kind: "
+                               f"rtk export {bundle.root} --int8 on such a host.")
+        return ONNX_ARTIFACTS[opts.artifact], None  # refused below if it is not trusted
+    if opts.kind != "cpu" or bundle.manifest.artifact(ONNX_ARTIFACTS["int8"]) is None:
+        return ONNX_ARTIFACTS["onnx"], None
+    reason = int8_refusal(bundle, opts)
+    return (ONNX_ARTIFACTS["onnx"], reason) if reason else (ONNX_ARTIFACTS["int8"], None)
+
+
+def target_cpu(opts: RepoOptions) -> str:
+    from ..core.host import INT8_CLASSES, int8_class
+
+    target = opts.target_cpu or int8_class()
+    if target not in INT8_CLASSES:
+        raise RtkError(f"Unknown --target-cpu {target!r}.", f"Use one of: {', '.join(INT8_CLASSES)}.")
+    return target
+
+
+def int8_refusal(bundle: Bundle, opts: RepoOptions, *, pays: bool = True) -> str | None:
+    """Why the INT8 graph is not served to the target CPU kind (None: it is)."""
+    from ..core.int8_trust import serve_reason
+
+    entry = bundle.manifest.artifact(ONNX_ARTIFACTS["int8"])
+    reason = serve_reason(entry, target_cpu(opts))
+    if reason and (pays or "speed" not in reason):
+        return reason
+    if not entry.fingerprint or not bundle.path(entry.fingerprint).is_file():
+        return "its fingerprint is missing, so no server could check it; re-export it"
+    if entry is not None and entry.session_config and opts.platform == "onnxruntime":
+        return (f"it needs the ONNX Runtime session option(s) {', '.join(entry.session_config)}, "
+                "which Triton's onnxruntime backend cannot set (use --platform python)")
+    return None
 
 
 def cpu_layout(opts: RepoOptions) -> tuple[int, int | None]:
@@ -174,7 +210,7 @@ def build_configs(bundle: Bundle, opts: RepoOptions) -> tuple[dict[str, Any], di
     """Protobuf configs of the four models (role -> ModelConfig) and the facts they came from."""
     _check(opts)
     names = model_names(opts.name or default_name(bundle))
-    artifact = choose_artifact(bundle, opts)
+    artifact, int8_note = choose_artifact(bundle, opts)
     bundle.artifact(artifact)  # refuses a missing, changed, stale or untrusted artifact
     entry, inp, out, limit = _classifier_io(bundle, artifact)
     instances, threads = cpu_layout(opts)
@@ -196,6 +232,12 @@ def build_configs(bundle: Bundle, opts: RepoOptions) -> tuple[dict[str, Any], di
                        queue_timeout_us=opts.queue_timeout_ms * 1000)
 
     extra = {"onnx_file": "model.onnx"} if opts.platform == "python" else {}
+    if artifact == ONNX_ARTIFACTS["int8"]:  # the CPU kind it may run on (rtk deploy keeps to it)
+        extra["rtk.target_cpu"] = target_cpu(opts)
+    if artifact == ONNX_ARTIFACTS["int8"] and opts.platform == "python":
+        # the classifier replays the fingerprint before it serves (core/fingerprint.py)
+        extra.update(session_config=json.dumps(entry.session_config or {}, sort_keys=True),
+                     fingerprint_file="fingerprint.json", fingerprint_class=target_cpu(opts))
     if threads:  # read by rtk's Python-backend classifier and by Triton's onnxruntime backend
         extra.update(intra_op_threads=str(threads), intra_op_thread_count=str(threads),
                      inter_op_thread_count="1")
@@ -216,7 +258,9 @@ def build_configs(bundle: Bundle, opts: RepoOptions) -> tuple[dict[str, Any], di
                   "instances": instances, "threads_per_instance": threads,
                   "preprocess_instances": pre_instances,
                   "max_queue_size": queue_size(opts, max_batch, instances),
-                  "queue_timeout_ms": opts.queue_timeout_ms}
+                  "queue_timeout_ms": opts.queue_timeout_ms,
+                  "target_cpu": target_cpu(opts) if opts.kind == "cpu" else None,
+                  "int8_note": int8_note}
 
 
 def write_repository(bundle: Bundle, opts: RepoOptions, echo: Callable = print) -> dict[str, Any]:
@@ -231,6 +275,8 @@ def write_repository(bundle: Bundle, opts: RepoOptions, echo: Callable = print) 
             _write_model(tmp / config.name, role, config, bundle=bundle, artifact=facts["artifact"])
         verify_repository(tmp)
     echo(f"Wrote {len(made)} models to {repo}: " + ", ".join(c.name for c in made.values()))
+    if facts["int8_note"]:
+        echo(f"Serving FP32, not INT8: {facts['int8_note']}.")
     if (opts.max_queue_size or opts.queue_timeout_ms) and min(
             facts["instances"], facts["preprocess_instances"]) < 2:
         echo(f"Warning: {QUEUE_STALL_HINT}.")
@@ -248,6 +294,10 @@ def _write_model(folder: Path, role: str, config, *, bundle: Bundle, artifact: s
         shutil.copyfile(bundle.path(artifact), version / target)
         if config.backend == "python":
             shutil.copyfile(HERE / "models" / "classifier.py", version / "model.py")
+        if artifact == ONNX_ARTIFACTS["int8"]:  # replayed by the classifier or by `rtk serve`
+            shutil.copyfile(bundle.path(bundle.entry(artifact).fingerprint or "-"),
+                            version / "fingerprint.json")
+            shutil.copyfile(HERE.parent / "core" / "fingerprint.py", version / "fingerprint.py")
     elif role == "preprocess":
         shutil.copyfile(HERE / "models" / "preprocess.py", version / "model.py")
         shutil.copyfile(HERE.parent / "data" / "images.py", version / "imageio.py")

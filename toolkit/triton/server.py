@@ -109,6 +109,10 @@ class TritonServer:
         self._reader.start()
         try:
             self._wait_ready(timeout)
+            if not is_remote(self.repo):  # an INT8 classifier serves only if it replays here
+                from .replay import replay_all
+
+                replay_all(self.repo, f"http://{self.host}:{self.ports['http']}")
             self.key_files = keys.publish(self.control_key, self.host,
                                           [self.ports["http"], self.ports["grpc"]])
             if self.heal:

@@ -36,11 +36,20 @@ class TuneOptions:
     backend_env: str | None = None  # the local server's Python environment (triton/backend_env.py)
     stability: Stability = field(default_factory=Stability)  # per point (toolkit.bench.stability)
     images: str | None = None  # measure with these files (e.g. camera photos), not the held-out set
+    target_cpu: str | None = None  # CPU int8 class of the serving nodes (default: this host's)
 
 
-def trusted_artifacts(bundle: Bundle) -> list[str]:
-    """The ONNX artifacts whose export gate passed (the only ones worth timing)."""
+def trusted_artifacts(bundle: Bundle, repo_opts=None, echo: Callable = print) -> list[str]:
+    """The ONNX artifacts whose export gate passed (the only ones worth timing); INT8 only
+    where it was gated on the target CPU kind (the tune measures whether it pays)."""
+    from ..triton.repository import int8_refusal
+
     found = [key for name, key in ARTIFACT_KEYS.items() if bundle.manifest.trusted(name)]
+    if "int8" in found and repo_opts is not None:
+        reason = int8_refusal(bundle, repo_opts, pays=False)
+        if reason:
+            echo(f"INT8 is left out of the search: {reason}.")
+            found.remove("int8")
     if not found:
         raise RtkError(f"{bundle.root} has no trusted ONNX artifact to deploy.",
                        f"Export and gate one first: rtk export {bundle.root} --int8")
@@ -60,14 +69,16 @@ def tune(bundle: Bundle, opts: TuneOptions, echo: Callable = print) -> dict[str,
 
     def options(c: Candidate, repo: str) -> RepoOptions:
         return RepoOptions(repo=repo, name=opts.name, platform=platform, kind=opts.kind,
-                           max_batch=c.max_batch_size, instances=c.instances,
+                           target_cpu=opts.target_cpu, max_batch=c.max_batch_size, instances=c.instances,
                            preprocess_instances=c.preprocess_instances,
                            queue_delay_us=c.queue_delay_us, artifact=c.artifact)
 
-    _, facts = build_configs(bundle, RepoOptions(name=opts.name, platform=platform, kind=opts.kind))
+    base = RepoOptions(name=opts.name, platform=platform, kind=opts.kind, target_cpu=opts.target_cpu)
+    _, facts = build_configs(bundle, base)
     default = Candidate(ARTIFACT_KEYS[facts["artifact"]], facts["max_batch"], facts["instances"],
                         RepoOptions().queue_delay_us, facts["preprocess_instances"])
-    space = space_for(trusted_artifacts(bundle), facts["max_batch"], usable_cores())
+    space = space_for(trusted_artifacts(bundle, base if opts.kind == "cpu" else None, echo),
+                      facts["max_batch"], usable_cores())
     measured: dict[Candidate, list[dict]] = {}
     started, deadline = time.monotonic(), time.monotonic() + 60 * opts.budget_minutes
     rounds, n_final = plan(60 * opts.budget_minutes, opts.seconds)
