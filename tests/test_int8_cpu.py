@@ -259,3 +259,28 @@ def test_a_fourth_int8_export_on_the_same_held_out_set_refuses_to_look(bundle_co
     assert result.exit_code == 2
     held = json.loads((bundle_copy / "manifest.json").read_text())["held_out"]
     assert [v["int8_looks"] for v in held.values()] == [3]
+
+
+def test_export_on_another_cpu_kind_adds_a_row_and_keeps_the_graph(exported, tmp_path, cli):
+    """A bundle gated elsewhere (its row moved to arm64 here) is gated again on this host:
+    the same graph, a row for this kind beside the other one, one more look on the set."""
+    from toolkit.core.bundle import Bundle
+    from toolkit.core.host import int8_class
+
+    root = Path(shutil.copytree(exported, tmp_path / "run"))
+    bundle = Bundle.load(root)
+    entry = bundle.entry("model.int8.onnx")
+    row = {**entry.gates[int8_class()], "passed": True}
+    bundle.update_artifact("model.int8.onnx", trusted=True, gates={"arm64": row})
+    bundle.save()
+    before = {a: e.sha256 for a, e in bundle.manifest.artifacts.items()}
+    looks = [v["int8_looks"] for v in bundle.manifest.held_out.values()]
+    result = cli("export", root, "--int8", "--max-batch", "16")
+    assert result.exit_code in (0, 3), result.output
+    assert f"passed its gate on arm64; this CPU is {int8_class()}" in result.output
+    after = Bundle.load(root)
+    assert {a: e.sha256 for a, e in after.manifest.artifacts.items()
+            if a != "model.int8.fingerprint.json"} == before  # nothing re-made
+    gates = after.entry("model.int8.onnx").gates
+    assert set(gates) == {"arm64", int8_class()} and gates["arm64"] == row
+    assert [v["int8_looks"] for v in after.manifest.held_out.values()] == [looks[0] + 1]

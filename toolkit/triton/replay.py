@@ -32,11 +32,14 @@ def int8_classifiers(repo: str | Path) -> list[tuple]:
     return found
 
 
-def replay_all(repo: str | Path, url: str) -> list[str]:
-    """Replay every INT8 classifier's fingerprint on the server at `url`; the models checked.
-    Raises RtkError naming the model, the drift and the CPU kind it was gated on."""
+def replay_all(repo: str | Path, url: str, ready=lambda model: True) -> list[str]:
+    """Replay every loaded (`ready`) INT8 classifier's fingerprint on the server at `url`; the
+    models checked. Raises RtkError naming the model, the drift and the CPU kind it was gated
+    on."""
     checked = []
     for model, doc_path, target, inp, out, batch in int8_classifiers(repo):
+        if not ready(model):
+            continue
         if doc_path is None:
             raise RtkError(f"{model} serves an INT8 graph without its fingerprint.json, so "
                            "nothing can check it on this CPU.",

@@ -112,7 +112,8 @@ class TritonServer:
             if not is_remote(self.repo):  # an INT8 classifier serves only if it replays here
                 from .replay import replay_all
 
-                replay_all(self.repo, f"http://{self.host}:{self.ports['http']}")
+                replay_all(self.repo, f"http://{self.host}:{self.ports['http']}",
+                           ready=lambda m: self._get(f"/v2/models/{m}/ready") is not None)
             self.key_files = keys.publish(self.control_key, self.host,
                                           [self.ports["http"], self.ports["grpc"]])
             if self.heal:
