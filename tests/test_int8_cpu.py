@@ -238,8 +238,13 @@ def test_the_triton_classifier_refuses_a_swapped_int8_graph(exported, tmp_path):
     repo = tmp_path / "repo"
     write_repository(Bundle.load(exported), RepoOptions(repo=str(repo), name="fp", artifact="int8",
                                                         platform="python"), echo=lambda *_: None)
-    _swap_in_another_int8_graph(repo / "fp_classifier" / "1" / "model.onnx")
+    from toolkit.triton.replay import replay_all
+
     ports = {f"{p}_port": free_port() for p in ("http", "grpc", "metrics")}
+    with TritonServer(repo, **ports) as server:  # the graph as gated: it loads, and rtk serve's
+        url = f"http://{server.endpoints['http']}"  # replay over HTTP agrees
+        assert replay_all(repo, url) == ["fp_classifier"]
+    _swap_in_another_int8_graph(repo / "fp_classifier" / "1" / "model.onnx")
     with pytest.raises(RtkError) as failed:
         TritonServer(repo, **ports).start(timeout=120)
     assert "refusing to serve this INT8 graph" in str(failed.value)

@@ -4,6 +4,7 @@ For Triton builds without the onnxruntime backend, such as the server inside
 nvidia-pytriton. The requests of a dynamic batch are run as one ONNX Runtime call.
 """
 
+import importlib.util
 import json
 import os
 
@@ -34,12 +35,34 @@ class TritonPythonModel:
         # decoding instances that share them (rtk triton writes it on CPU)
         opts.add_session_config_entry("session.intra_op.allow_spinning",
                                       params.get("intra_op_allow_spinning", "1"))
+        # what the INT8 gate ran the graph with (session.x64quantprecision on a CPU without VNNI)
+        for key, value in json.loads(params.get("session_config", "{}")).items():
+            opts.add_session_config_entry(key, str(value))
         providers = ["CPUExecutionProvider"]
         if args.get("model_instance_kind") == "GPU" and \
                 "CUDAExecutionProvider" in ort.get_available_providers():
             device = int(args.get("model_instance_device_id", "0"))
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device}))
         self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
+        if params.get("fingerprint_file"):
+            self._replay(os.path.dirname(path), params)
+
+    def _replay(self, folder, params):
+        """Refuse to load an INT8 graph whose logits on its fingerprint probes drift from those
+        recorded where it was gated: other int8 kernels here, or another graph swapped in."""
+        spec = importlib.util.spec_from_file_location(
+            "rtk_fingerprint", os.path.join(folder, "fingerprint.py"))
+        fp = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(fp)
+        doc = fp.load(os.path.join(folder, params["fingerprint_file"]))
+        gated = params.get("fingerprint_class", "")
+        reason = fp.replay(doc, lambda x: self.session.run([self.output], {self.input: x})[0], gated)
+        if reason:
+            raise RuntimeError(
+                f"rtk: refusing to serve this INT8 graph: {reason}. It was gated on {gated} CPUs; "
+                "serve FP32 (rtk triton RUN_DIR --artifact onnx), or gate it on this host's CPU "
+                "kind (rtk export RUN_DIR --int8) and regenerate the repository with "
+                "--target-cpu for it.")
 
     def execute(self, requests):
         arrays = [pb_utils.get_input_tensor_by_name(r, self.input).as_numpy() for r in requests]
