@@ -107,7 +107,7 @@ def test_when_nothing_passes_it_exits_3_naming_the_best_try_and_the_next_flag(in
     assert_user_error(result, "model.int8.onnx")
     assert result.exit_code == 3
     assert "Best tried: minmax" in result.output and "top-1 delta" in result.output
-    assert "--int8-budget 4" in result.output
+    assert "--int8-budget 4" in result.output and "--qat" in result.output  # QAT is next
     entry = json.loads((root / "manifest.json").read_text())["artifacts"]["model.int8.onnx"]
     assert entry["trusted"] is False and len(entry["search"]["trials"]) == 2
     assert entry["search"]["held_out_looks"] == 1  # no probe pass: no look was spent
@@ -232,3 +232,62 @@ def test_after_a_refusal_only_a_better_probe_score_is_chosen(tmp_path):
     assert s.ok(refused) and s.ok(tie)
     refused["held_out"] = {"passed": False}
     assert not s.ok(refused) and not s.ok(tie) and s.ok(better)
+
+
+@pytest.mark.slow
+def test_qat_passes_where_the_post_training_search_fails(int8_hostile, tmp_path, cli):
+    """Outliers at 700 (not 1000): the single shot and a 2-trial search fail, and a short
+    quantization-aware fine-tune passes, fully in int8 (every Conv a QLinearConv)."""
+    pytest.importorskip("nncf")
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from toolkit.core.bundle import Bundle
+    from toolkit.core.files import sha256
+
+    root = Path(shutil.copytree(int8_hostile, tmp_path / "run"))
+    ckpt = torch.load(root / "model.pt", weights_only=True)
+    big = torch.arange(0, ckpt["state_dict"]["fc.weight"].shape[1], 4)
+    ckpt["state_dict"]["layer4.1.bn2.bias"][big] = 700.0
+    torch.save(ckpt, root / "model.pt")
+    Bundle.load(root).record_artifact("model.pt")
+    result = cli("export", root, *ARGS, "--int8-budget", "2", "--qat", "--qat-epochs", "5",
+                 "--qat-lr", "1e-4")
+    assert result.exit_code == 0, result.output
+    assert "INT8 search: nothing passed" in result.output and "QAT INT8:" in result.output
+    manifest = json.loads((root / "manifest.json").read_text())
+    entry, weights = (manifest["artifacts"][k] for k in ("model.int8.onnx", "model.qat.pt"))
+    assert entry["trusted"] and entry["calibration"] == "qat" and entry["parent"] == "model.qat.pt"
+    assert entry["ptq"]["held_out"]["passed"] is False  # what it replaced, kept for the report
+    assert weights["parent"] == "model.pt" and weights["parent_sha256"] == sha256(root / "model.pt")
+    assert torch.load(root / "model.qat.pt", weights_only=True)["qat"]["epochs"] == 5
+    # one look for the single shot, none spent by the search, one kept for the QAT graph
+    assert [v["int8_looks"] for v in manifest["held_out"].values()] == [2]
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(root / "model.int8.onnx"), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    convs = [n for n in onnx.load(str(root / "model.onnx")).graph.node if n.op_type == "Conv"]
+    assert ops.count("QLinearConv") == len(convs) and "Conv" not in ops
+    assert entry["speed"]["vs_fp32"] > 0
+    page = (root / "report.html").read_text()
+    assert "Quantization-aware training replaced the post-training graph" in page
+
+
+def test_batchnorm_folding_keeps_the_outputs():
+    import torch
+    import torchvision
+
+    from toolkit.export.qat import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3)
+    model.train()
+    model(torch.randn(8, 3, 32, 32))  # running statistics that are not the identity
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    before = model(x)
+    assert fold_batchnorm(model) == 20  # every BatchNorm2d of a ResNet-18 follows a Conv2d
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert torch.allclose(model(x), before, atol=1e-4)

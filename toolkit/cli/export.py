@@ -50,6 +50,14 @@ def parity_table(rows: list[dict]) -> None:
 @click.option("--int8-requantize", is_flag=True,
               help="Quantize INT8 anew even where model.int8.onnx passed its gate on another CPU "
                    "kind (by default that graph is gated here too, keeping its other verdicts).")
+@click.option("--qat", is_flag=True,
+              help="When post-training INT8 fails its gate (after the search), fine-tune with "
+                   "quantization-aware training (NNCF) and gate that graph; the search keeps a "
+                   "held-out look for it. Needs pip install 'rtk[qat]'.")
+@click.option("--qat-epochs", default=2, show_default=True, type=click.IntRange(1, 30),
+              help="Quantization-aware fine-tuning epochs on the training split.")
+@click.option("--qat-lr", default=1e-5, show_default=True, type=click.FloatRange(1e-7, 1e-2),
+              help="Its learning rate (AdamW, cosine to zero).")
 @click.option("--opt-batch", type=click.IntRange(min=1),
               help="TensorRT profile's optimal batch (default: half of --max-batch).")
 @click.option("--data", "data_dir", type=click.Path(), help="Gate on this folder, not the val split.")

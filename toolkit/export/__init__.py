@@ -32,6 +32,9 @@ class ExportOptions:
     int8_search: str = "auto"  # auto: search when the first calibration fails its gate; off
     int8_budget: int = 12  # quantizations the search may try
     int8_requantize: bool = False  # quantize anew even where a graph passed on another CPU kind
+    qat: bool = False  # when post-training INT8 fails its gate: quantization-aware training
+    qat_epochs: int = 2
+    qat_lr: float = 1e-5
     data_dir: str | None = None
     device: str = "cpu"  # where the ONNX artifacts are checked
     tolerances: Tolerances = field(default_factory=Tolerances)
@@ -103,22 +106,28 @@ def _export(bundle: Bundle, opts: ExportOptions, echo: Callable,
     rows = [gate.check(*m) for m in made]
     int8, note = next((i for i, m in enumerate(made) if m[0] == "model.int8.onnx"), None), None
     if int8 is not None:
-        note = _int8_verdict(bundle, opts, gate, rows=rows, i=int8, echo=echo)
+        note = _int8_verdict(bundle, opts, gate, rows=rows, i=int8, echo=echo, progress=progress)
     bundle.update(export=ExportRecord(parity=tuple(rows), data=opts.data_dir or "validation split"))
     bundle.save()
     return rows, note
 
 
 def _int8_verdict(bundle: Bundle, opts: ExportOptions, gate: "Gate", *, rows: list[dict], i: int,
-                  echo: Callable) -> str | None:
+                  echo: Callable, progress: bool = False) -> str | None:
     """Search when the single shot failed (auto), else time it; None or why nothing passed."""
     from . import cpu_gate
     from .int8 import calibration_images, int8_speed, search_int8
 
     note = None
-    if not rows[i]["passed"] and opts.int8_search == "auto":
-        echo("model.int8.onnx failed its gate: searching for an INT8 configuration that passes...")
-        note = search_int8(bundle, opts, gate, first_row=rows[i], echo=echo)
+    if not rows[i]["passed"] and (opts.int8_search == "auto" or opts.qat):
+        if opts.int8_search == "auto":
+            echo("model.int8.onnx failed its gate: searching for an INT8 configuration that "
+                 "passes...")
+            note = search_int8(bundle, opts, gate, first_row=rows[i], echo=echo)
+        if opts.qat and (note or opts.int8_search == "off"):
+            from .qat import qat_int8
+
+            note = qat_int8(bundle, opts, gate, progress=progress, echo=echo)
         rows[i] = {**bundle.entry("model.int8.onnx").parity,
                    "artifact": "model.int8.onnx"}
     else:

@@ -160,7 +160,8 @@ def search_int8(bundle: Bundle, opts, gate, *, first_row: dict, echo: Callable =
                                                                  "kept_float")})
         first["held_out"] = _verdict(first_row)
         looks, in_place = 1, first  # this export's looks; the graph on disk, its verdict
-        while left(bundle, gate.key) > 0:
+        reserve = 1 if getattr(opts, "qat", False) else 0  # a look kept for the QAT graph
+        while left(bundle, gate.key) > reserve:
             chosen = search(s, q.first)
             if not s.ok(chosen):
                 break  # nothing new passed the probe within the budget: no look to spend
@@ -246,6 +247,9 @@ def _failure(s: Search, best: dict, looks: int, *, opts, split: Split) -> str:
     if looks >= MAX_LOOKS:  # first: a re-run with more budget would look at this set again
         step = ("bring a fresh labelled held-out folder the model never saw: --data DIR (this "
                 f"set has given {looks} INT8 verdicts; more budget would look at it again)")
+    elif not getattr(opts, "qat", False):  # post-training quantization has had its chance
+        step = (f"quantization-aware training: --qat (a short fine-tune; or raise the trial "
+                f"budget: --int8-budget {2 * opts.int8_budget})")
     elif s.exhausted:
         step = f"raise the trial budget: --int8-budget {2 * opts.int8_budget}"
     elif split.calib < opts.calib_size or split.probe < PROBE_MAX:
