@@ -289,3 +289,23 @@ def test_export_on_another_cpu_kind_adds_a_row_and_keeps_the_graph(exported, tmp
     gates = after.entry("model.int8.onnx").gates
     assert set(gates) == {"arm64", int8_class()} and gates["arm64"] == row
     assert [v["int8_looks"] for v in after.manifest.held_out.values()] == [looks[0] + 1]
+
+
+def test_a_look_is_not_refunded_when_the_export_then_fails(bundle_copy, monkeypatch):
+    """The export works on a staged copy that a failure throws away; the look it took is
+    written to the run's manifest at once."""
+    from toolkit.core.bundle import Bundle
+    from toolkit.export import ExportOptions, export
+    from toolkit.export import int8 as int8_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the machine went away")
+
+    monkeypatch.setattr(int8_module, "int8_speed", broken)  # after the gate's look
+    with pytest.raises(RuntimeError):
+        export(Bundle.load(bundle_copy), ExportOptions(int8=True, int8_search="off", calib_size=8,
+                                                       max_batch=8, format="onnx"),
+               echo=lambda *_: None)
+    manifest = Bundle.load(bundle_copy).manifest
+    assert "model.int8.onnx" not in manifest.artifacts  # the export itself changed nothing
+    assert [v["int8_looks"] for v in manifest.held_out.values()] == [1]

@@ -30,6 +30,9 @@ class Bundle:
 
     root: Path
     manifest: Manifest
+    # a staged view's run directory (export.staging): records that must outlive a failed
+    # export, such as the held-out looks, are written there at once as well
+    origin: "Bundle | None" = None
 
     @classmethod
     def create(cls, root: str | Path, **fields: Any) -> "Bundle":

@@ -36,12 +36,14 @@ def left(bundle: Bundle, key: str) -> int:
 
 
 def spend(bundle: Bundle, key: str, *, images: int, source: str) -> int:
-    """Count one more INT8 verdict on `key` (saved at once: a crash does not refund it)."""
-    record = dict(bundle.manifest.held_out or {})
+    """Count one more INT8 verdict on `key`, saved at once in the run directory too (an
+    export works on a staged copy): a crash or Ctrl-C after the look does not refund it."""
     n = spent(bundle, key) + 1
-    record[key] = {"int8_looks": n, "images": images, "source": source}
-    bundle.update(held_out=record)
-    bundle.save()
+    for target in filter(None, (bundle, bundle.origin)):
+        record = dict(target.manifest.held_out or {})
+        record[key] = {"int8_looks": n, "images": images, "source": source}
+        target.update(held_out=record)
+        target.save()
     return n
 
 

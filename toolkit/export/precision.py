@@ -18,11 +18,10 @@ from ..core.files import atomic_path
 def to_fp16(src: Path, dst: Path) -> str:
     """FP16 graph with the uint8 input and FP32 logits kept; ModelOpt AutoCast where installed."""
     onnx = require("onnx", "onnx")
-    if importlib.util.find_spec("modelopt") is not None:
-        from modelopt.onnx.autocast import convert_to_mixed_precision
-
-        model, tool = convert_to_mixed_precision(str(src), low_precision_type="fp16",
-                                                 keep_io_types=True), "modelopt-autocast"
+    autocast = _modelopt_autocast()
+    if autocast is not None:
+        model, tool = autocast(str(src), low_precision_type="fp16",
+                               keep_io_types=True), "modelopt-autocast"
     else:
         float16 = require("onnxconverter_common.float16", "onnx")
         with warnings.catch_warnings():
@@ -34,6 +33,18 @@ def to_fp16(src: Path, dst: Path) -> str:
         onnx.save(model, str(tmp))
         onnx.checker.check_model(str(tmp))
     return tool
+
+
+def _modelopt_autocast():
+    """ModelOpt's convert_to_mixed_precision where it imports (modelopt[onnx]), else None: a
+    ModelOpt installed for PyTorch alone lacks onnx_graphsurgeon and must not break FP16."""
+    if importlib.util.find_spec("modelopt") is None:
+        return None
+    try:
+        from modelopt.onnx.autocast import convert_to_mixed_precision
+    except ImportError:
+        return None
+    return convert_to_mixed_precision
 
 
 def _cast_images_to_half(model) -> None:

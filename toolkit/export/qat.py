@@ -41,10 +41,10 @@ def fold_batchnorm(module) -> int:
     return folded + sum(fold_batchnorm(child) for child in module.children())
 
 
-def _loader(bundle: Bundle, samples, transform, *, batch: int, shuffle: bool, seed: int = 0):
+def _loader(samples, transform, min_short: int, *, batch: int, shuffle: bool, seed: int = 0):
     from ..data.loaders import ImageDataset, make_loader
 
-    return make_loader(ImageDataset(samples, transform, bundle.preprocessing.resize), batch,
+    return make_loader(ImageDataset(samples, transform, min_short), batch,
                        shuffle=shuffle, device="cpu", seed=seed, drop_last=shuffle)
 
 
@@ -57,8 +57,8 @@ def quantized_model(bundle: Bundle, opts, calibration: list):
 
     net = load_bundle_model(bundle).eval()
     fold_batchnorm(net)
-    loader = _loader(bundle, calibration, eval_transform(bundle.preprocessing), batch=32,
-                     shuffle=False)
+    pre = bundle.preprocessing
+    loader = _loader(calibration, eval_transform(pre), pre.resize, batch=32, shuffle=False)
     extra = {}
     if opts.int8_scheme == "tensorrt":  # TensorRT's explicit quantization: signed int8 only
         from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
@@ -71,41 +71,53 @@ def quantized_model(bundle: Bundle, opts, calibration: list):
 
 
 def fine_tune(model, bundle: Bundle, opts, *, progress: bool, echo: Callable) -> dict:
-    """`opts.qat_epochs` epochs on the training split with the run's augmentation, label
-    smoothing and weight decay, at `opts.qat_lr` (AdamW, cosine to zero)."""
+    """`opts.qat_epochs` epochs on the training split, with the run's augmentation and weight
+    decay, at `opts.qat_lr` (AdamW, cosine to zero), distilled from the float model.
+
+    The loss is the KL divergence from model.pt's own predictions, not the labels: the gate
+    certifies that the INT8 graph answers as model.pt does, and training on the labels went on
+    fitting them instead (the digits run: +1.65 pts on an unseen test split, but 93.4%
+    agreement with model.pt on the held-out one, under the gate's 95%).
+    """
     import torch
 
+    from ..data.loaders import train_min_short
     from ..data.transforms import train_transform
+    from ..train.model import load_bundle_model
     from ..ui.console import epoch_bar
 
     cfg = bundle.manifest.config or {}
     root = Path(bundle.manifest.data.train_dir)
     samples = [(root / rel, k) for rel, k in bundle.split()["train"]]
-    loader = _loader(bundle, samples, train_transform(bundle.preprocessing, cfg.get("augment", "light")),
-                     batch=max(2, min(int(cfg.get("batch_size") or 32), len(samples))), shuffle=True,
-                     seed=int(cfg.get("seed") or 0))
+    pre, augment = bundle.preprocessing, cfg.get("augment", "light")
+    loader = _loader(samples, train_transform(pre, augment), train_min_short(pre, augment),
+                     batch=max(2, min(int(cfg.get("batch_size") or 32), len(samples))),
+                     shuffle=True, seed=int(cfg.get("seed") or 0))
+    teacher = load_bundle_model(bundle).eval()
     steps = max(1, opts.qat_epochs * len(loader))
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.qat_lr,
                                   weight_decay=float(cfg.get("weight_decay", 0.0)))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=float(cfg.get("label_smoothing", 0.0)))
+    divergence = torch.nn.KLDivLoss(reduction="batchmean", log_target=True)
     start, seen, loss = time.perf_counter(), 0, float("nan")
     model.train()
     for epoch in range(1, opts.qat_epochs + 1):
         with epoch_bar(len(loader), f"QAT epoch {epoch}/{opts.qat_epochs}", progress) as update:
-            for i, (x, y) in enumerate(loader, start=1):
+            for i, (x, _) in enumerate(loader, start=1):
+                with torch.no_grad():
+                    target = torch.log_softmax(teacher(x), dim=1)
                 optimizer.zero_grad(set_to_none=True)
-                step_loss = criterion(model(x), y)
+                step_loss = divergence(torch.log_softmax(model(x), dim=1), target)
                 step_loss.backward()
                 optimizer.step()
                 schedule.step()
-                seen, loss = seen + len(y), step_loss.item()
+                seen, loss = seen + len(x), step_loss.item()
                 update(i, seen / (time.perf_counter() - start), loss, schedule.get_last_lr()[0])
-        echo(f"  QAT epoch {epoch}/{opts.qat_epochs}: loss {loss:.4f}")
+        echo(f"  QAT epoch {epoch}/{opts.qat_epochs}: KL from model.pt {loss:.4f}")
     model.eval()
     return {"epochs": opts.qat_epochs, "lr": opts.qat_lr, "images": len(samples),
-            "steps": steps, "seconds": round(time.perf_counter() - start, 1),
-            "final_loss": round(loss, 4)}
+            "steps": steps, "loss": "KL divergence from model.pt's predictions",
+            "seconds": round(time.perf_counter() - start, 1), "final_loss": round(loss, 6)}
 
 
 def export_qat(model, bundle: Bundle, dst: Path, example) -> None:
@@ -148,10 +160,11 @@ def qat_int8(bundle: Bundle, opts, gate, *, progress: bool, echo: Callable) -> s
     if left(bundle, gate.key) == 0:
         return ("QAT: no held-out look is left for its graph; bring a fresh labelled held-out "
                 "folder (--data DIR)")
-    before = bundle.entry("model.int8.onnx")  # the post-training graph QAT replaces
-    ptq = {"chosen": (before.search or {}).get("chosen"), "speed": before.speed,
-           "held_out": {k: (before.parity or {}).get(k) for k in (
-               "n", "top1_delta_points", "agreement", "flips_confident", "passed")}}
+    before = bundle.manifest.artifact("model.int8.onnx")  # the post-training graph it replaces
+    ptq = None if before is None else {
+        "chosen": (before.search or {}).get("chosen"), "speed": before.speed,
+        "held_out": {k: (before.parity or {}).get(k) for k in (
+            "n", "top1_delta_points", "agreement", "flips_confident", "passed")}}
     order = stratified_order(bundle)
     echo(f"Quantization-aware training (NNCF {package_version('nncf')}): {opts.qat_epochs} "
          f"epoch(s) at lr {opts.qat_lr:g} on the training split...")
@@ -167,7 +180,8 @@ def qat_int8(bundle: Bundle, opts, gate, *, progress: bool, echo: Callable) -> s
                            precision="int8", io=io_spec(bundle.path("model.int8.onnx")),
                            format="QDQ", scheme=opts.int8_scheme, calibration="qat",
                            kept_float=[], kept_float_nodes=0, session_config={}, qat=info,
-                           max_batch=bundle.entry("model.onnx").max_batch, search=before.search,
+                           max_batch=bundle.entry("model.onnx").max_batch,
+                           search=before and before.search,
                            ptq=ptq, tool=f"nncf {package_version('nncf')}")
     row = gate.check("model.int8.onnx", "onnxruntime-int8", "int8")
     path = bundle.path("model.int8.onnx")

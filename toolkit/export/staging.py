@@ -28,7 +28,7 @@ def staged(bundle: Bundle) -> Iterator[Bundle]:
         for item in bundle.root.iterdir():
             if not item.name.startswith("."):  # other stagings, temp files, the lock
                 (stage / item.name).symlink_to(item.resolve())
-        view = Bundle(stage, copy.deepcopy(bundle.manifest))  # untouched if the export fails
+        view = Bundle(stage, copy.deepcopy(bundle.manifest), origin=bundle)  # untouched if it fails
         yield view
         publish(view, bundle)
     finally:
