@@ -230,7 +230,7 @@ class Gate:
         from ..backends import open_backend
         from ..backends.run import folder_samples, run_backend, validation_samples
 
-        self.bundle, self.opts, self.progress = bundle, opts, progress
+        self.bundle, self.opts, self.progress, self.echo = bundle, opts, progress, echo
         if held_out is not None:
             samples, self.key, self.source = held_out.samples, held_out.key, held_out.source
         else:
@@ -246,6 +246,8 @@ class Gate:
     def check(self, artifact: str, backend: str, precision: str) -> dict:
         """Judge one artifact and record the verdict (trusted or not) in the manifest."""
         device = "cuda" if backend == "tensorrt" else self.opts.device
+        if backend.startswith("onnxruntime"):
+            self._survivable(artifact)
         look = None
         if precision == "int8" and self.key is not None:  # counted before it is taken
             from .looks import spend
@@ -255,6 +257,20 @@ class Gate:
                             reference=self.reference, progress=self.progress),
                     precision, self.opts.tolerances)
         return self.record(artifact, {**row, "look": look} if look else row)
+
+    def _survivable(self, artifact: str) -> None:
+        """Open the graph in a child first (core/native.py): a native crash there becomes a
+        lower optimization level, recorded with the artifact, or an RtkError, never exit 139."""
+        from ..core.native import LEVEL_KEY, safe_level
+
+        entry = self.bundle.entry(artifact)
+        crop = self.bundle.preprocessing.crop
+        level = safe_level(self.bundle.path(artifact), artifact=artifact, config=entry.session_config,
+                           shape=(1, crop, crop, 3), echo=self.echo)
+        if level is not None:
+            self.bundle.update_artifact(artifact, session_config={**(entry.session_config or {}),
+                                                                  LEVEL_KEY: level})
+            self.bundle.save()
 
     def record(self, artifact: str, row: dict) -> dict:
         """Record a verdict (trusted or not) in the manifest; an INT8 one as this CPU kind's row."""

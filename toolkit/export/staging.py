@@ -22,7 +22,12 @@ from ..core.bundle import MANIFEST, Bundle
 
 @contextlib.contextmanager
 def staged(bundle: Bundle) -> Iterator[Bundle]:
-    """A Bundle view on a staging copy; published when the block ends normally."""
+    """A Bundle view on a staging copy; published when the block ends normally. A staging
+    folder already there was left by an export that was killed (`rtk export` holds the run's
+    lock, so no other export is using it): it is removed first."""
+    for left in bundle.root.glob(".export-*"):
+        if left.is_dir():
+            shutil.rmtree(left, ignore_errors=True)
     stage = Path(tempfile.mkdtemp(prefix=".export-", dir=bundle.root))
     try:
         for item in bundle.root.iterdir():

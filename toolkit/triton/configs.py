@@ -100,12 +100,20 @@ def _warmup_zero(config, t: Tensor) -> None:
     warm.inputs[t.name].zero_data = True
 
 
+# Triton's onnxruntime backend: optimization.graph.level (its README: -1 basic, 1 basic and
+# extended, 2 none; unset is ONNX Runtime's default, everything)
+ORT_GRAPH_LEVELS = {"extended": 1, "basic": -1, "disabled": 2}
+
+
 def classifier(name: str, platform: str, inp: Tensor, *, out: Tensor, serving: Serving,
-               trt_fp16: bool = False):
-    """The classifier: onnxruntime_onnx, tensorrt_plan, or ONNX Runtime in the Python backend."""
+               trt_fp16: bool = False, graph_level: str | None = None):
+    """The classifier: onnxruntime_onnx, tensorrt_plan, or ONNX Runtime in the Python backend;
+    `graph_level`: a lower ONNX Runtime optimization level the export found the graph needs."""
     config = _base(name, serving, [inp], outputs=[out], labels_on=(out.name,))
     if platform == "onnxruntime":
         config.platform, config.default_model_filename = "onnxruntime_onnx", "model.onnx"
+        if graph_level in ORT_GRAPH_LEVELS:
+            config.optimization.graph.level = ORT_GRAPH_LEVELS[graph_level]
         if trt_fp16 and serving.kind == "gpu":
             accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add(
                 name="tensorrt")

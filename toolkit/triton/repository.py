@@ -15,6 +15,7 @@ from ..core.bundle import Bundle
 from ..core.errors import RtkError
 from ..core.files import swapped_dir
 from ..core.manifest import Artifact
+from ..core.native import LEVEL_KEY
 from . import configs
 from .configs import Serving, Tensor
 
@@ -234,6 +235,8 @@ def build_configs(bundle: Bundle, opts: RepoOptions) -> tuple[dict[str, Any], di
     extra = {"onnx_file": "model.onnx"} if opts.platform == "python" else {}
     if artifact == ONNX_ARTIFACTS["int8"]:  # the CPU kind it may run on (rtk deploy keeps to it)
         extra["rtk.target_cpu"] = target_cpu(opts)
+    if entry.session_config and opts.platform == "python":  # what the gate ran it with
+        extra["session_config"] = json.dumps(entry.session_config, sort_keys=True)
     if artifact == ONNX_ARTIFACTS["int8"] and opts.platform == "python":
         # the classifier replays the fingerprint before it serves (core/fingerprint.py)
         extra.update(session_config=json.dumps(entry.session_config or {}, sort_keys=True),
@@ -248,7 +251,8 @@ def build_configs(bundle: Bundle, opts: RepoOptions) -> tuple[dict[str, Any], di
         extra.update(intra_op_allow_spinning="1" if opts.ort_spin else "0")
     made = {
         "classifier": configs.classifier(names["classifier"], opts.platform, inp, out=out,
-                                         serving=serving("classifier", **extra), trt_fp16=opts.trt_fp16),
+                                         serving=serving("classifier", **extra), trt_fp16=opts.trt_fp16,
+                                         graph_level=(entry.session_config or {}).get(LEVEL_KEY)),
         "preprocess": configs.preprocess(names["preprocess"], inp, serving("preprocess", pre_instances),
                                          preprocessing=bundle.preprocessing),
         "postprocess": configs.postprocess(names["postprocess"], out, serving("postprocess")),

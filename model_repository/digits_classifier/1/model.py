@@ -36,8 +36,15 @@ class TritonPythonModel:
         opts.add_session_config_entry("session.intra_op.allow_spinning",
                                       params.get("intra_op_allow_spinning", "1"))
         # what the INT8 gate ran the graph with (session.x64quantprecision on a CPU without VNNI)
+        levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
         for key, value in json.loads(params.get("session_config", "{}")).items():
-            opts.add_session_config_entry(key, str(value))
+            if key == "rtk.graph_optimization_level":  # the export found it crashes higher
+                opts.graph_optimization_level = levels[value]
+            else:
+                opts.add_session_config_entry(key, str(value))
         providers = ["CPUExecutionProvider"]
         if args.get("model_instance_kind") == "GPU" and \
                 "CUDAExecutionProvider" in ort.get_available_providers():
