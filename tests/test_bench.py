@@ -63,11 +63,15 @@ def test_reports_are_written_with_environment_and_headlines(bench_result):
     base = saved["headlines"]["baseline"]
     assert base["backend"] == "torch" and base["throughput"] > 0
     ok = [r for r in saved["results"] if r["status"] == "ok"]
-    fastest = max(ok, key=lambda r: r["throughput"])
-    best = saved["headlines"]["best_cpu"]
-    assert (best["backend"], best["batch_size"]) == (fastest["backend"], fastest["batch_size"])
-    assert best["speedup_vs_cpu_eager"] == pytest.approx(fastest["throughput"] / base["throughput"])
-    assert base["throughput"] == max(r["throughput"] for r in ok if r["backend"] == "torch")
+
+    def fastest(rows):  # the headline rule: among stable measurements when there are any (a
+        stable = [r for r in rows if r.get("stable", True)]  # busy machine makes some unstable)
+        return max(stable or rows, key=lambda r: r["throughput"])
+
+    top, best = fastest(ok), saved["headlines"]["best_cpu"]
+    assert (best["backend"], best["batch_size"]) == (top["backend"], top["batch_size"])
+    assert best["speedup_vs_cpu_eager"] == pytest.approx(top["throughput"] / base["throughput"])
+    assert base["throughput"] == fastest([r for r in ok if r["backend"] == "torch"])["throughput"]
     md = (out / "report.md").read_text()
     assert "| backend | device | batch |" in md and "Headlines" in md
     assert (out / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

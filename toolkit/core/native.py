@@ -2,8 +2,9 @@
 
 ONNX Runtime 1.32 (CPU) segfaults while creating a session for the FP16 ViT-B/16 graph at
 its default optimization level (issue 27), and a segfault takes the whole `rtk export` down
-with exit 139 and no message. So before the gate opens an ONNX graph in-process, a child
-interpreter opens it and runs one batch; a child killed by a signal becomes a lower
+with exit 139 and no message. So before the gate opens an FP16 graph in-process (the one ONNX
+Runtime is known to crash on; export.Gate._survivable), a child interpreter opens it and runs
+one batch; a child killed by a signal becomes a lower
 optimization level that works (recorded with the artifact and applied wherever it runs) or,
 when none does, an RtkError naming the library, its version and the artifact.
 """
