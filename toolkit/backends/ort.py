@@ -19,15 +19,11 @@ def session_options(threads: int | None = None, config: dict | None = None):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads or usable_cores()
     opts.inter_op_num_threads = 1
-    from ..core.native import LEVEL_KEY
+    from ..core.native import LEVEL_KEY, ORT_LEVELS
 
-    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
     for key, value in (config or {}).items():
         if key == LEVEL_KEY:  # a level the export found this graph needs (core/native.py)
-            opts.graph_optimization_level = levels[value]
+            opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_LEVELS[value])
         else:
             opts.add_session_config_entry(key, str(value))
     return opts

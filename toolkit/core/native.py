@@ -20,7 +20,10 @@ from pathlib import Path
 from .errors import RtkError
 
 LEVEL_KEY = "rtk.graph_optimization_level"  # in an artifact's session_config; not ORT's own key
-LEVELS = ("all", "extended", "basic", "disabled")  # ONNX Runtime's, most optimized first
+# ONNX Runtime's levels, most optimized first, by their GraphOptimizationLevel names
+ORT_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED",
+              "basic": "ORT_ENABLE_BASIC", "disabled": "ORT_DISABLE_ALL"}
+LEVELS = tuple(ORT_LEVELS)
 
 # The child: onnxruntime and numpy only, so it starts in well under a second.
 PROBE = """

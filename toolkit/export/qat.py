@@ -120,8 +120,9 @@ def fine_tune(model, bundle: Bundle, opts, *, progress: bool, echo: Callable) ->
             "seconds": round(time.perf_counter() - start, 1), "final_loss": round(loss, 6)}
 
 
-def export_qat(model, bundle: Bundle, dst: Path, example) -> None:
-    """The fake-quantized model as Q/DQ ONNX behind the uint8 contract, dynamic batch."""
+def export_qat(model, bundle: Bundle, dst: Path, example):
+    """The fake-quantized model as Q/DQ ONNX behind the uint8 contract, dynamic batch; returns
+    the stripped float model (native fake-quantize modules) whose weights are model.qat.pt."""
     import warnings
 
     import torch
