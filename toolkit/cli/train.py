@@ -88,8 +88,13 @@ def _range_help(name: str, text: str) -> str:
               "of raw and EMA validates better (the manifest says which). Default: on.")
 @click.option("--ema-decay", type=float, default=0.9998, show_default=True,
               help="The EMA's final decay.")
-@click.option("--label-smoothing", type=float, default=0.0, show_default=True,
-              help="Cross-entropy label smoothing (0.1 is timm's and torchvision's).")
+@click.option("--label-smoothing", type=float,
+              help="Cross-entropy label smoothing. Default: 0.1 for a ViT (timm's fine-tuning "
+                   "recipe), else 0.")
+@click.option("--layer-decay", type=float,
+              help="ViTs: layer-wise learning-rate decay (each encoder block below the head "
+                   "learns at this fraction of the one above; BEiT and MAE use 0.65-0.75). "
+                   "Default: off.")
 @click.option("--mixup", type=float, help="MixUp alpha (0: off). Default: 0.2 at --augment "
               "heavy, else off.")
 @click.option("--cutmix", type=float, help="CutMix alpha (0: off); with --mixup, one of the two "

@@ -157,7 +157,8 @@ def search_int8(bundle: Bundle, opts, gate, *, first_row: dict, echo: Callable =
         shutil.copyfile(bundle.path(artifact), single)
         first = s.adopt(q.first, single, {k: made[k] for k in ("format", "scheme", "activations",
                                                                  "weights", "calibration",
-                                                                 "kept_float")})
+                                                                 "kept_float", "quantized_ops")
+                                                if k in made})
         first["held_out"] = _verdict(first_row)
         looks, in_place = 1, first  # this export's looks; the graph on disk, its verdict
         reserve = 1 if getattr(opts, "qat", False) else 0  # a look kept for the QAT graph

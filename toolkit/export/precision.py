@@ -16,17 +16,23 @@ from ..core.files import atomic_path
 
 
 def to_fp16(src: Path, dst: Path) -> str:
-    """FP16 graph with the uint8 input and FP32 logits kept; ModelOpt AutoCast where installed."""
+    """FP16 graph with the uint8 input and FP32 logits kept; ModelOpt AutoCast where installed.
+
+    A transformer's LayerNorms stay FP32: after attention their sums of squares overflow
+    half precision, which TensorRT's own build warning says, and ModelOpt keeps them too."""
     onnx = require("onnx", "onnx")
+    keep = list(FP32_TRANSFORMER_OPS) if is_transformer(src) else []
     autocast = _modelopt_autocast()
     if autocast is not None:
-        model, tool = autocast(str(src), low_precision_type="fp16",
-                               keep_io_types=True), "modelopt-autocast"
+        model, tool = autocast(str(src), low_precision_type="fp16", keep_io_types=True,
+                               op_types_to_exclude=keep or None), "modelopt-autocast"
     else:
         float16 = require("onnxconverter_common.float16", "onnx")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # per-initializer range warnings; the gate judges
-            model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+            model = float16.convert_float_to_float16(
+                onnx.load(str(src)), keep_io_types=True,
+                op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + keep)
         tool = "onnxconverter-common"
         _cast_images_to_half(model)
     with atomic_path(dst) as tmp:
@@ -98,6 +104,21 @@ def first_convolution(path: Path) -> tuple[str, ...]:
     return next(((n.name,) for n in graph.node if n.op_type == "Conv"), ())
 
 
+FP32_TRANSFORMER_OPS = ("LayerNormalization",)
+
+# ONNX Runtime's guidance for transformers: quantize the matrix products with a constant
+# weight (the QKV, projection and MLP layers) and keep LayerNorm, Softmax, GELU and the
+# attention's activation-by-activation products in float.
+TRANSFORMER_OPS = ("MatMul", "Gemm")
+
+
+def is_transformer(path: Path) -> bool:
+    """A graph with LayerNormalization: quantized by the transformer rule."""
+    onnx = require("onnx", "onnx")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(n.op_type == "LayerNormalization" for n in graph.node)
+
+
 def to_int8(prepared: Path, dst: Path, calibration: Iterator[np.ndarray] | None, *, input_name: str,
             scheme: str = "cpu", method: str = "minmax", per_channel: bool = True,
             exclude: tuple[str, ...] = (), cache: Path | None = None, weights: str = "s8",
@@ -116,6 +137,9 @@ def to_int8(prepared: Path, dst: Path, calibration: Iterator[np.ndarray] | None,
 
     `weights` "u8" (U8U8 products) and `reduce_range` (7-bit weights) are ONNX Runtime's
     remedies for x86 CPUs without VNNI, whose u8*s8 pair sums saturate 16 bits.
+
+    A transformer (`is_transformer`) gets TRANSFORMER_OPS quantized, weights per output
+    channel, and nothing else.
     """
     q = require("onnxruntime.quantization", "onnx")
     symmetric = scheme == "tensorrt"
@@ -131,6 +155,10 @@ def to_int8(prepared: Path, dst: Path, calibration: Iterator[np.ndarray] | None,
             return None if batch is None else {input_name: batch}
 
     extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True}
+    transformer = is_transformer(prepared)
+    ops = {"op_types_to_quantize": list(TRANSFORMER_OPS)} if transformer else {}
+    if transformer:
+        extra["MatMulConstBOnly"] = True
     # The contract's normalisation (toolkit/core/contract.py) stays float: quantized, its per-pixel
     # Mul and Add ran as QLinearMul/QLinearAdd at full resolution, 20% of ResNet-50's time here.
     float_prefix = preprocessing_nodes(prepared)
@@ -143,11 +171,12 @@ def to_int8(prepared: Path, dst: Path, calibration: Iterator[np.ndarray] | None,
             weight_type=q.QuantType.QUInt8 if weights == "u8" else q.QuantType.QInt8,
             per_channel=per_channel, reduce_range=reduce_range,
             nodes_to_exclude=[*float_prefix, *exclude], calibrate_method=methods[method],
-            extra_options=extra, **cached)
+            extra_options=extra, **ops, **cached)
         require("onnx", "onnx").checker.check_model(str(tmp))
     return {"format": "QDQ", "scheme": scheme,
             "activations": "int8 symmetric" if symmetric else "uint8 asymmetric",
             "weights": (f"{'uint8' if weights == 'u8' else 'int8'}"
                         f"{' 7-bit' if reduce_range else ''} symmetric "
                         f"{'per-channel' if per_channel else 'per-tensor'}"),
-            "calibration": method, "kept_float": list(exclude)}
+            "calibration": method, "kept_float": list(exclude),
+            "quantized_ops": list(TRANSFORMER_OPS) if transformer else "all"}

@@ -66,6 +66,10 @@ def quantized_model(bundle: Bundle, opts, calibration: list):
 
         extra["advanced_parameters"] = AdvancedQuantizationParameters(
             activations_quantization_params=QuantizationParameters(signedness_to_force=True))
+    from ..train.archs import is_transformer
+
+    if is_transformer(bundle.manifest.arch):  # NNCF's transformer scheme: LayerNorm, Softmax
+        extra["model_type"] = nncf.ModelType.TRANSFORMER  # and GELU stay float
     return nncf.quantize(net, nncf.Dataset(loader, lambda b: b[0]), subset_size=len(calibration),
                          **extra)
 

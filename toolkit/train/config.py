@@ -34,7 +34,8 @@ class TrainConfig:
     # the fine-tuning recipe (toolkit.train.recipe); None: the card decides, in `resolve`
     ema: bool | None = None
     ema_decay: float = 0.9998
-    label_smoothing: float = 0.0
+    label_smoothing: float | None = None  # None: 0.1 for a ViT (ARCH_RECIPES), else 0
+    layer_decay: float | None = None  # ViTs: layer-wise learning-rate decay (off: None)
     mixup: float | None = None
     cutmix: float | None = None
     patience: int | None = None
@@ -46,6 +47,12 @@ class TrainConfig:
 
 
 HEAVY_MIX = {"mixup": 0.2, "cutmix": 1.0}  # torchvision's reference recipe's alphas
+
+# What the anchors fine-tune a ViT with, where rtk chooses: label smoothing 0.1 (timm's
+# fine-tuning default; torchvision's ViT recipe uses 0.11). The rest of their recipe is
+# rtk's for every architecture: AdamW, weight decay 0.05, a linear warm-up into a cosine
+# schedule. Layer-wise decay (BEiT, MAE: 0.65-0.75) is opt-in: --layer-decay.
+ARCH_RECIPES = {"transformer": {"label_smoothing": 0.1}, "cnn": {"label_smoothing": 0.0}}
 
 
 def pretrained(weights: str) -> bool:
@@ -64,7 +71,9 @@ def _check_recipe(cfg: TrainConfig) -> None:
               ("--backbone-lr-mult", cfg.backbone_lr_mult, 0 < cfg.backbone_lr_mult <= 1,
                "(0, 1]"),
               ("--accumulate", cfg.accumulate, 1 <= cfg.accumulate <= 64, "1 to 64"),
-              ("--ema-decay", cfg.ema_decay, 0 < cfg.ema_decay < 1, "(0, 1)")]
+              ("--ema-decay", cfg.ema_decay, 0 < cfg.ema_decay < 1, "(0, 1)"),
+              ("--layer-decay", cfg.layer_decay,
+               cfg.layer_decay is None or 0 < cfg.layer_decay <= 1, "(0, 1]")]
     for flag, value, ok, allowed in checks:
         if not ok:
             raise RtkError(f"{flag} {value:g} is not allowed.", f"Use a value in {allowed}.")
@@ -88,6 +97,13 @@ def resolve(cfg: TrainConfig, n_images: int, device: str) -> TrainConfig:
         ema=pick(cfg.ema, preset.ema, True),
         patience=pick(cfg.patience, preset.patience, 0),
     )
+    from .archs import check_image_size, is_transformer
+
+    family = ARCH_RECIPES["transformer" if is_transformer(cfg.arch) else "cnn"]
+    cfg = replace(cfg, label_smoothing=(cfg.label_smoothing if cfg.label_smoothing is not None
+                                        else family["label_smoothing"]))
+    if cfg.image_size is not None:
+        check_image_size(cfg.arch, cfg.image_size)
     heavy = cfg.augment == "heavy"
     epochs = cfg.epochs
     cfg = replace(

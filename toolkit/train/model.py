@@ -8,16 +8,7 @@ from pathlib import Path
 from ..core.errors import RtkError
 from ..core.manifest import Preprocess
 from ..data.transforms import recipe
-
-
-def _check_arch(arch: str) -> None:
-    from torchvision import models
-
-    known = models.list_models(module=models)
-    if arch not in known:
-        close = [a for a in known if a.startswith(arch[:4])][:6]
-        raise RtkError(f"Unknown --arch {arch!r}.",
-                       f"Use a torchvision classification model, e.g. {', '.join(close or known[:6])}.")
+from . import archs
 
 
 def replace_head(model, num_classes: int) -> None:
@@ -39,18 +30,27 @@ def imagenet_weights(arch: str):
     """The arch's IMAGENET1K_V2 weights enum where it exists, else its default."""
     from torchvision import models
 
-    _check_arch(arch)  # before get_model_weights, whose ValueError would reach the user raw
+    archs.check(arch)  # before get_model_weights, whose ValueError would reach the user raw
+    if archs.custom(arch):
+        return None
     enum = models.get_model_weights(arch)
     return getattr(enum, "IMAGENET1K_V2", None) or enum.DEFAULT
 
 
 def preprocessing_for(arch: str, weights: str, image_size: int | None) -> Preprocess:
-    """The eval recipe of the arch's ImageNet weights, rescaled to `image_size`."""
+    """The eval recipe of the arch's ImageNet weights, rescaled to `image_size` (a registered
+    architecture without weights takes torchvision's ImageNet recipe)."""
     w = imagenet_weights(arch)
+    if w is None:
+        size = recipe(image_size=image_size)
+        archs.check_image_size(arch, size.crop)
+        return size
     t = w.transforms()
     resize = t.resize_size[0] if isinstance(t.resize_size, (list, tuple)) else t.resize_size
     crop = t.crop_size[0] if isinstance(t.crop_size, (list, tuple)) else t.crop_size
-    return recipe(resize, crop, image_size, source=str(w).split(".")[-1])
+    pre = recipe(resize, crop, image_size, source=str(w).split(".")[-1])
+    archs.check_image_size(arch, pre.crop)
+    return pre
 
 
 def _load_state_dict(path: Path) -> dict:
@@ -70,6 +70,9 @@ def _imagenet_state_dict(arch: str) -> dict:
     import torch
 
     w = imagenet_weights(arch)
+    if w is None:
+        raise RtkError(f"{arch} is a registered architecture without ImageNet weights.",
+                       "Pass --weights PATH to a state_dict file, or --weights none.")
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)
     if cached.is_file():
         return _load_state_dict(cached)
@@ -83,20 +86,19 @@ def _imagenet_state_dict(arch: str) -> dict:
             "state_dict file, or train from scratch with --weights none.") from exc
 
 
-def build_model(arch: str, num_classes: int, weights: str = "imagenet"):
-    """A torchvision classifier with `weights` (imagenet|none|PATH) and a new head."""
-    from torchvision import models
-
-    _check_arch(arch)
-    model = models.get_model(arch, weights=None)
+def build_model(arch: str, num_classes: int, weights: str = "imagenet",
+                image_size: int | None = None):
+    """A torchvision classifier with `weights` (imagenet|none|PATH) and a new head; a ViT is
+    built for `image_size`, its pretrained position embeddings interpolated to it."""
+    model = archs.instantiate(arch, image_size)
     if weights == "imagenet":
-        model.load_state_dict(_imagenet_state_dict(arch))
+        model.load_state_dict(archs.fit_pretrained(arch, _imagenet_state_dict(arch), model))
     elif weights != "none":
         path = Path(weights)
         if not path.is_file():
             raise RtkError(f"--weights {weights}: no such file.",
                            "Use imagenet, none, or a path to a state_dict file.")
-        state = _load_state_dict(path)
+        state = archs.fit_pretrained(arch, _load_state_dict(path), model)
         own = model.state_dict()  # a fine-tuned head (e.g. an rtk model.pt) differs in shape:
         state = {k: v for k, v in state.items()  # drop it here; mismatches count as missing
                  if k not in own or getattr(v, "shape", None) == own[k].shape}
@@ -113,9 +115,7 @@ def build_model(arch: str, num_classes: int, weights: str = "imagenet"):
 
 def load_bundle_model(bundle, checkpoint: str = "model.pt"):
     """The bundle's trained model in eval mode on the CPU."""
-    from torchvision import models
-
-    model = models.get_model(bundle.manifest.arch, weights=None)
+    model = archs.instantiate(bundle.manifest.arch, bundle.preprocessing.crop)
     replace_head(model, len(bundle.classes))
     path = bundle.root / checkpoint
     if not path.is_file():

@@ -51,12 +51,25 @@ def preset_for(n_images: int) -> Preset:
             notes = (f"Only {n_images} images: expect weak results; collect more data if you can.",
                      *notes)
         return Preset("resnet18", 2e-5, 15, "15-20", 8, "heavy", notes, ema=True, patience=5)
+    vit = (f"Accuracy-critical with over 5,000 images: consider ViT Base ({UPGRADE['vit_b_16']}; "
+           "about 4x ResNet-50's compute per image).",)
     if n_images <= 10_000:
-        return Preset("resnet50", 5e-5, 5, "5-10", 16, "standard", ())
-    notes = ()
+        return Preset("resnet50", 5e-5, 5, "5-10", 16, "standard", vit if n_images > 5000 else ())
     if n_images > 50_000:
-        notes = ("Over 50,000 images: a ViT may be 2-3% more accurate than ResNet-50.",)
-    return Preset("resnet50", 1e-4, 3, "3-5", 32, "light", notes)
+        vit = (f"Over 50,000 images: ViT Base ({UPGRADE['vit_b_16']}) may be 2-3% more accurate "
+               "than ResNet-50.",)
+    return Preset("resnet50", 1e-4, 3, "3-5", 32, "light", vit)
+
+
+# The card's upgrade path, as the option that takes it.
+UPGRADE = {"resnet101": "--arch resnet101", "vit_b_16": "--arch vit_b_16"}
+
+
+def upgrades(arch: str) -> str:
+    """The card's "upgrade to ResNet-101 or ViT Base", without the one already in use."""
+    names = {"resnet101": "ResNet-101", "vit_b_16": "ViT Base"}
+    left = [f"{names[a]} ({flag})" for a, flag in UPGRADE.items() if a != arch]
+    return " or ".join(left)
 
 
 def batch_for_gpu_memory(gib: float | None) -> str:
@@ -91,7 +104,7 @@ def diagnose(history: list[dict], lr: float, arch: str, *, stop: dict | None = N
             "more data, or a smaller model (--arch resnet18).")
     first = history[0]["val_accuracy"]
     if val_acc < 0.6 and (len(history) == 1 or val_acc - first < 0.05):
-        bigger = "" if arch == "resnet101" else " With plenty of data, --arch resnet101 can help."
+        bigger = f" Upgrade to {upgrades(arch)}." if arch != "vit_b_16" else ""
         findings.append(
             f"Slow convergence: validation accuracy {val_acc:.1%} after {last['epoch']} epoch(s). "
             f"Remedies: train longer (--epochs), raise --lr from {lr:g} (max 5e-4), check labels, "

@@ -46,6 +46,10 @@ class TrainingSession:
     def prepare(cls, cfg: TrainConfig, echo: Callable = print, progress: bool = True) -> "TrainingSession":
         import torch
 
+        if cfg.arch and cfg.image_size:  # a ViT's size rule, before the data is scanned
+            from .archs import check_image_size
+
+            check_image_size(cfg.arch, cfg.image_size)
         device = pick_device(cfg.device)
         rank, world = init_distributed(device)
         out = Path(cfg.out)
@@ -95,7 +99,7 @@ class TrainingSession:
         cfg, rt = self.cfg, self.rt
         self.preprocessing = preprocessing_for(cfg.arch, cfg.weights, cfg.image_size)
         weights = "none" if self.resume_state else cfg.weights
-        model = build_model(cfg.arch, len(self.classes), weights)
+        model = build_model(cfg.arch, len(self.classes), weights, self.preprocessing.crop)
         if self.resume_state:
             model.load_state_dict(self.resume_state["state_dict"])
         self.model = model.to(rt.device, memory_format=torch.channels_last)
