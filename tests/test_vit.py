@@ -89,9 +89,9 @@ def test_vit_exports_every_precision_and_each_passes_its_gate(vit_run):
 
 
 def test_vit_int8_quantizes_the_matrix_products_only(vit_run):
-    """ONNX Runtime's transformer rule: MatMul/Gemm with constant weights in int8; LayerNorm,
-    Softmax, GELU (Erf) and the attention's activation products in float; no per-channel
-    axis aimed at a LayerNorm weight."""
+    """ONNX Runtime's transformer rule: the inputs of MatMul/Gemm with constant weights in
+    int8, their outputs float; LayerNorm, Softmax, GELU (Erf) and the attention's
+    activation products in float; no per-channel axis aimed at a LayerNorm weight."""
     import onnx
 
     root, _, _, records = vit_run
@@ -116,6 +116,10 @@ def test_vit_int8_quantizes_the_matrix_products_only(vit_run):
             assert not any(dequantized(i) for i in node.input), node.name
         if node.op_type == "MatMul" and any(dequantized(i) for i in node.input):
             assert constant(node.input[1]), f"{node.name}: an activation-by-activation product"
+    consumers = {i: n for n in graph.node for i in n.input}
+    for node in quantized:  # outputs stay float: DQ -> MatMul runs as MatMulIntegerToFloat
+        assert node.output[0] not in consumers or \
+            consumers[node.output[0]].op_type != "QuantizeLinear", node.name
     assert not [r for r in records if "out-of-range" in r.getMessage()]
 
 
