@@ -142,7 +142,12 @@ def test_checkpoints_hold_the_trained_model(cli_run):
     last = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     assert last["epoch"] == 1 and last["step"] == 0
     assert {"optimizer", "scheduler", "scaler", "rng", "history", "config"} <= set(last)
-    assert all(torch.equal(best["state_dict"][k], v) for k, v in last["state_dict"].items())
+    # the EMA is on by default, so its weights (and BatchNorm statistics) are the model
+    assert best["weights"] == "ema"
+    ema = last["ema"]["state_dict"]
+    assert all(torch.equal(best["state_dict"][k], v) for k, v in ema.items())
+    assert any(not torch.equal(best["state_dict"][k], v) for k, v in last["state_dict"].items()
+               if v.is_floating_point())  # not the raw weights
 
 
 def test_unreadable_file_is_skipped_and_reported(cli, make_data, tmp_path):

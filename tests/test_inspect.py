@@ -164,7 +164,8 @@ def test_preset_for(n, arch, lr, epochs, batch, augment):
                         ("epochs", preset.epochs)):
         presets.check_range(name, value)  # presets never leave the card's own ranges
     assert not any("expect weak results" in note for note in preset.notes)
-    assert any("ViT" in note for note in preset.notes) == (n > 50_000)
+    # the card: "Consider ViT Base" for accuracy-critical work over 5,000 images
+    assert any("--arch vit_b_16" in note for note in preset.notes) == (n > 5_000)
 
 
 def test_weak_warning_only_below_500_images():

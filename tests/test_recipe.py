@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import TINY_TRAIN, assert_user_error, fit_tiny, write_class_images
 
-from toolkit.train import recipe
+from toolkit.train import autobatch, recipe
 from toolkit.train.loop import Runtime, StepOptions, optimizer_steps, train_one_epoch, warmup_cosine
 
 CPU = Runtime("cpu", None)
@@ -154,10 +154,10 @@ def test_gpu_path_policy_and_erasing_change_the_batch():
 def test_cpu_batch_size_is_picked_by_memory():
     from toolkit.train.model import build_model
 
-    batch, why = recipe.cpu_batch_size(build_model("resnet18", 3, "none"), 32)
-    assert batch in recipe.BATCH_CANDIDATES and "picked by memory" in why
-    assert recipe.saved_bytes_per_image(build_model("resnet18", 3, "none"), 64) > \
-        recipe.saved_bytes_per_image(build_model("resnet18", 3, "none"), 32)
+    batch, why = autobatch.cpu_batch_size(build_model("resnet18", 3, "none"), 32)
+    assert batch in autobatch.BATCH_CANDIDATES and "picked by memory" in why
+    assert autobatch.saved_bytes_per_image(build_model("resnet18", 3, "none"), 64) > \
+        autobatch.saved_bytes_per_image(build_model("resnet18", 3, "none"), 32)
 
 
 # -- whole runs ---------------------------------------------------------------------------
@@ -168,37 +168,40 @@ def _load(path):
 
 def _scripted_accuracy(monkeypatch, raw, ema=None):
     """Validation accuracies by epoch for the raw (and EMA) weights, in place of measured ones."""
-    from toolkit.train import session
+    from toolkit.train import session, validation
 
-    real, calls = session.classification, {"raw": 0, "ema": 0}
+    calls = []
 
     def scripted(self):
-        logits, labels, loss = session.predict_logits(self.model, self.val_loader, self.rt)
-        out = []
-        for which, table in (("raw", raw), ("ema", ema)):
-            if table is None or (which == "ema" and self.ema is None):
-                continue
-            e = real(logits, labels, self.classes)
-            e["accuracy"] = e["balanced_accuracy"] = table[calls[which]]
-            calls[which] += 1
-            out.append((e, loss, which, self.model if which == "raw" else self.ema.module))
-        return max(out, key=lambda o: o[0]["accuracy"])
+        v = validation.validate(self.model, self.ema, self.val_loader, self.rt, self.classes)
+        i = len(calls)
+        calls.append(i)
+        table = ema if v.weights == "ema" else raw
+        v.evaluation["accuracy"] = v.evaluation["balanced_accuracy"] = table[i]
+        if v.raw is not None:
+            v.raw["raw_val_accuracy"] = v.raw["raw_val_balanced_accuracy"] = raw[i]
+        return v
 
     monkeypatch.setattr(session.TrainingSession, "_validate", scripted)
 
 
 @pytest.mark.slow
-def test_ema_weights_are_saved_when_they_validate_better(tiny_data, tmp_path, monkeypatch):
-    _scripted_accuracy(monkeypatch, raw=[0.4, 0.5], ema=[0.6, 0.3])
+def test_with_the_ema_on_its_weights_are_the_model_even_when_raw_scores_higher(
+        tiny_data, tmp_path, monkeypatch):
+    """No best-of-two: the EMA alone picks model.pt and drives --patience; raw is history."""
+    _scripted_accuracy(monkeypatch, raw=[0.4, 0.9], ema=[0.6, 0.5])
     fit_tiny(tiny_data, tmp_path / "run", epochs=2, balance="none")
     best, last = _load(tmp_path / "run" / "model.pt"), _load(tmp_path / "run" / "last.pt")
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert best["weights"] == "ema" and best["epoch"] == 1  # epoch 1's EMA (0.6) beat all
+    assert best["weights"] == "ema" and best["epoch"] == 1  # not epoch 2's raw 0.9
     assert manifest["metrics"]["weights"] == "ema" and manifest["metrics"]["best_epoch"] == 1
+    assert manifest["metrics"]["val_accuracy"] == 0.6
     raw, ema = last["state_dict"], last["ema"]["state_dict"]
     assert any(not torch.equal(raw[k], ema[k]) for k in raw if raw[k].is_floating_point())
     rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
-    assert [r["weights"] for r in rows] == ["ema", "raw"]
+    assert [r["weights"] for r in rows] == ["ema", "ema"]
+    assert [float(r["raw_val_accuracy"]) for r in rows] == [0.4, 0.9]  # kept for comparison
+    assert [float(r["val_accuracy"]) for r in rows] == [0.6, 0.5]
 
 
 @pytest.mark.slow
@@ -279,6 +282,6 @@ def test_the_batch_size_probe_leaves_batchnorm_statistics_alone():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_var.fill_(5.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    recipe.cpu_batch_size(model, 32)
+    autobatch.cpu_batch_size(model, 32)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

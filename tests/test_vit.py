@@ -289,3 +289,19 @@ def test_resnet101_fine_tunes(tiny_data, tmp_path, cli):
     bundle = Bundle.load(tmp_path / "r101")
     assert bundle.manifest.arch == "resnet101"
     assert len(load_bundle_model(bundle).layer3) == 23  # ResNet-101's depth, not ResNet-50's 6
+
+
+def test_layer_decay_reaches_the_optimizer(tiny_data, tmp_path, cli):
+    """--layer-decay 0.5 on the tiny ViT: four depths, each at half the rate of the one above,
+    with no flat backbone multiplier on top; the weight-decay split is kept."""
+    import torch
+
+    from toolkit.core.bundle import Bundle
+
+    _train(cli, tiny_data, tmp_path / "run", "--layer-decay", "0.5", "--lr", "1e-4")
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    initial = sorted({g["initial_lr"] for g in state["optimizer"]["param_groups"]})
+    assert initial == pytest.approx([1.25e-5, 2.5e-5, 5e-5, 1e-4])
+    assert {g["weight_decay"] for g in state["optimizer"]["param_groups"]} == {0.0, 0.05}
+    recipe = Bundle.load(tmp_path / "run").manifest.recipe
+    assert "layer-wise lr decay 0.5" in recipe["transformer"]

@@ -14,20 +14,45 @@ from .core.metrics import classification, softmax
 from .backends.run import folder_samples, run_backend, validation_samples
 
 
+TTA = ("none", "flip")
+
+
+class FlipTTA:
+    """Test-time augmentation: the mean of the logits of each image and of its horizontal
+    flip, from two calls of the backend. An evaluation option only: no exported graph or
+    Triton model contains it, so serving gives the plain (un-flipped) logits."""
+
+    def __init__(self, backend):
+        if backend.accepts_bytes:
+            raise RtkError(f"--tta flip needs decoded images; the {backend.name} backend is "
+                           "sent encoded bytes.", "Add --tensors (Triton), or drop --tta.")
+        self.backend, self.name, self.accepts_bytes = backend, f"{backend.name}+flip", False
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        flipped = np.ascontiguousarray(np.asarray(x)[:, :, ::-1])  # NHWC: W is axis 2
+        return (np.asarray(self.backend(x), np.float32)
+                + np.asarray(self.backend(flipped), np.float32)) / 2
+
+
 def evaluate(bundle: Bundle, data_dir: str | Path | None, backend_name: str = "torch",
              *, device: str = "cpu", batch_size: int = 32, progress: bool = False,
-             **backend_options: Any) -> dict[str, Any]:
-    """Metrics of one backend on `data_dir` (or the bundle's validation split)."""
+             tta: str = "none", **backend_options: Any) -> dict[str, Any]:
+    """Metrics of one backend on `data_dir` (or the bundle's validation split); `tta` "flip"
+    averages each image's logits with its horizontal flip's (FlipTTA)."""
     from .backends import open_backend
 
+    if tta not in TTA:
+        raise RtkError(f"Unknown --tta {tta!r}.", f"Use one of: {', '.join(TTA)}.")
     samples = folder_samples(bundle, data_dir) if data_dir else validation_samples(bundle)
     paths, labels = [p for p, _ in samples], np.array([y for _, y in samples])
     with open_backend(backend_name, bundle, device, **backend_options) as backend:
+        model = FlipTTA(backend) if tta == "flip" else backend
         start = time.perf_counter()  # decoding and inference, not opening the backend
-        logits = run_backend(backend, paths, bundle.preprocessing, batch_size=batch_size, progress=progress)
+        logits = run_backend(model, paths, bundle.preprocessing, batch_size=batch_size,
+                             progress=progress)
         seconds = time.perf_counter() - start
     result = classification(logits, labels, bundle.classes)
-    return {"backend": backend_name, "device": device,
+    return {"backend": backend_name, "device": device, "tta": tta,
             "data": str(data_dir) if data_dir else "validation split", **result,
             "seconds": seconds, "images_per_second": len(paths) / max(1e-9, seconds)}
 

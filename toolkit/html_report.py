@@ -141,6 +141,7 @@ def _training(bundle: Bundle, sources: list[dict]) -> dict | None:
     return {"config": m.config or {}, "metrics": metrics,
             "history": [[(row[c], _cell(c, row[c])) for c in row] for row in history],
             "columns": list(history[0]) if history else [], "validation": validation,
+            "last": history[-1] if history else None,  # labelled: model.pt may be another
             "balanced_accuracy": _balanced(validation, m.metrics),
             "per_class": [{"name": k, "accuracy": v} for k, v in weakest],
             "curves": _png(bundle.path("report/curves.png")),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..train.presets import AUGMENT_LEVELS, RANGES
+from ..data.transforms import AUGMENT
+from ..train.presets import RANGES
 from .common import handled
 
 
@@ -60,20 +61,27 @@ def _range_help(name: str, text: str) -> str:
 @click.option("--out", "-o", required=True, type=click.Path(), help="Run directory to create.")
 @click.option("--val-dir", type=click.Path(), help="Validation folder (else a split of DATA_DIR).")
 @click.option("--val-split", default=0.2, show_default=True, help="Seeded stratified fraction.")
-@click.option("--arch", help="torchvision classification model. Default resnet50.")
+@click.option("--arch", help="torchvision classification model: resnet50 (default), the card's "
+              "resnet18 and resnet101, or vit_b_16 (ViT Base: any --image-size that is a "
+              "multiple of 16; its position embeddings are interpolated to it).")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet, none or PATH.")
 @click.option("--image-size", type=int, help="Crop size in pixels (resize scales with it).")
 @click.option("--batch-size", type=BatchSize(), help=_range_help("batch_size", "Images per step.")
               + " auto: on CUDA the largest that trains without running out of memory (a short "
                 "probe); on the CPU picked by memory. The log says which.")
 @click.option("--epochs", type=int, help=_range_help("epochs", "Passes over the data."))
-@click.option("--lr", type=float, help=_range_help("lr", "Peak learning rate (AdamW)."))
+@click.option("--lr", type=float, help=_range_help("lr", "Peak learning rate (AdamW), used "
+              "as given.") + " Not given: the card's rate at batch 4 scaled to the effective "
+              "batch (batch x --accumulate x processes) by the square-root rule; the log and "
+              "the manifest say which.")
 @click.option("--eval-steps", type=int, default=1, help=_range_help("eval_steps",
               "Evaluate every N epochs, not optimizer steps (the card's name; the last "
               "epoch always)."))
 @click.option("--preset", type=click.Choice(["auto", "none"]), default="none", show_default=True,
               help="auto: the card's settings for this data set size (explicit flags win).")
-@click.option("--augment", type=click.Choice(AUGMENT_LEVELS), help="Default: by data set size.")
+@click.option("--augment", type=click.Choice(list(AUGMENT)),
+              help="Default: by data set size. randaugment: standard's crop and flip with "
+                   "torchvision's RandAugment (2 ops, magnitude 9) in place of TrivialAugmentWide.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 @click.option("--decode", type=click.Choice(["cpu", "gpu"]),
@@ -84,8 +92,9 @@ def _range_help(name: str, text: str) -> str:
 @click.option("--compile/--no-compile", "compile_", default=None,
               help="torch.compile. Default: on for CUDA, off on CPU.")
 @click.option("--ema/--no-ema", default=None, help="Keep an exponential moving average of the "
-              "weights (timm's decay warm-up); it is validated too, and model.pt holds whichever "
-              "of raw and EMA validates better (the manifest says which). Default: on.")
+              "weights and BatchNorm statistics (timm's decay warm-up). When on, the EMA weights "
+              "are the model: they are validated, drive --patience and are saved as model.pt; "
+              "the raw weights' validation is kept in history.csv for comparison. Default: on.")
 @click.option("--ema-decay", type=float, default=0.9998, show_default=True,
               help="The EMA's final decay.")
 @click.option("--label-smoothing", type=float,
@@ -99,6 +108,9 @@ def _range_help(name: str, text: str) -> str:
               "heavy, else off.")
 @click.option("--cutmix", type=float, help="CutMix alpha (0: off); with --mixup, one of the two "
               "per batch. Default: 1.0 at --augment heavy, else off.")
+@click.option("--mixup-off-epoch", type=int, default=0, show_default=True,
+              help="Mix (mixup/cutmix) the first N epochs only, the rest on clean images "
+                   "(timm's mixup_off_epoch); 0: every epoch.")
 @click.option("--patience", type=int, help="Stop after N evaluations without improvement of the "
               "validation metric; model.pt is the best. Default 0 (off); 5 with --preset auto "
               "under 1,000 images.")
@@ -117,7 +129,9 @@ def _range_help(name: str, text: str) -> str:
                    "3x the smallest, else none; the log says which). Balanced accuracy picks "
                    "model.pt when balancing.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt. "
+              "--epochs, --patience and --eval-steps may change; any other option given "
+              "with another value than the run's is refused.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @handled
 def finetune(data_dir, out, compile_, no_progress, **options) -> None:
@@ -130,10 +144,16 @@ def finetune(data_dir, out, compile_, no_progress, **options) -> None:
         if options.get(name) is not None and options[name] != "auto":
             check_range(name, options[name])
     cfg = TrainConfig(data_dir=data_dir, out=out, compile=compile_, **options)
+    ctx = click.get_current_context()  # given on the command line or in --config, not defaults
+    explicit = {"data_dir"} | {("compile" if p.name == "compile_" else p.name)
+                               for p in ctx.command.params if p.name in {*options, "compile_"}
+                               and ctx.get_parameter_source(p.name)
+                               is not click.core.ParameterSource.DEFAULT}
     from ..core.lock import bundle_lock  # an existing run (--resume) has one writer at a time
 
     with bundle_lock(out, "rtk finetune"):
-        bundle = fit(cfg, progress=not no_progress, echo=lambda m: click.echo(m, err=True))
+        bundle = fit(cfg, progress=not no_progress, echo=lambda m: click.echo(m, err=True),
+                     explicit=explicit)
     if bundle.manifest.metrics:
         click.echo(f"{bundle.root}  val_accuracy={bundle.manifest.metrics.val_accuracy:.4f}")
         from .report import refreshed

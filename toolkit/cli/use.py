@@ -34,21 +34,28 @@ def _triton_opts(backend, *, url, protocol, tensors) -> dict:
 @click.argument("data_dir", type=click.Path(), required=False)
 @backend_options
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
+              help="Test-time augmentation: flip averages the logits of each image and its "
+                   "horizontal flip (two passes). An evaluation option only: no exported graph "
+                   "or served model includes it.")
 @click.option("--json", "as_json", is_flag=True)
 @handled
-def eval_cmd(run_dir, data_dir, backend, device, url, protocol, tensors, batch_size, as_json):
+def eval_cmd(run_dir, data_dir, backend, device, url, protocol, tensors, batch_size, tta,
+             as_json):
     """Accuracy of RUN_DIR's model on DATA_DIR (default: the run's validation split)."""
     from ..core.bundle import Bundle
     from ..core.metrics import weakest
     from ..evaluate import evaluate
 
     bundle = Bundle.load(run_dir)
-    result = evaluate(bundle, data_dir, backend, device=device, batch_size=batch_size, progress=not as_json,
+    result = evaluate(bundle, data_dir, backend, device=device, batch_size=batch_size,
+                      progress=not as_json, tta=tta,
                       **_triton_opts(backend, url=url, protocol=protocol, tensors=tensors))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    click.echo(f"{backend} on {result['data']}: accuracy {result['accuracy']:.4f}  "
+    tta_note = " (TTA: flip)" if tta == "flip" else ""
+    click.echo(f"{backend}{tta_note} on {result['data']}: accuracy {result['accuracy']:.4f}  "
                f"balanced {result['balanced_accuracy']:.4f}  top-5 {result['top5']:.4f}  "
                f"n={result['n']}  ({result['images_per_second']:.1f} images/s, decoding included)")
     for name, acc in result["per_class"].items():

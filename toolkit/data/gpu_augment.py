@@ -1,4 +1,5 @@
-"""torchvision's TrivialAugmentWide and RandomErasing for whole batches (the GPU input path).
+"""torchvision's TrivialAugmentWide, RandAugment and RandomErasing for whole batches (the GPU
+input path).
 
 The CPU path runs torchvision's own transforms per image (toolkit.data.transforms). Here each
 image of a batch gets its own draw, as there, but every op runs once over the whole batch
@@ -12,8 +13,10 @@ Where this is not torchvision's policy exactly:
   centre too, but through its own affine matrix; the pixels differ slightly at the edges);
 - Sharpness blends with torchvision's 3x3 smoothing kernel on every pixel, borders included
   (torchvision keeps the border pixels).
-Everything else (the 14 ops, 31 magnitude bins, random signs, zero fill, nearest
-neighbour) follows torchvision.transforms.v2.TrivialAugmentWide.
+Everything else (the 14 ops, 31 magnitude bins, random signs, zero fill, bilinear
+interpolation as torchvision's classification presets pass it) follows
+torchvision.transforms.v2.TrivialAugmentWide, and RandAugment's two ops at magnitude 9 with
+its narrower ranges follow torchvision.transforms.v2.RandAugment.
 """
 
 from __future__ import annotations
@@ -25,11 +28,24 @@ OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate",
 BINS = 31
 
 
-def _magnitudes():
-    """Each op's value at each of the 31 bins (TrivialAugmentWide's wide ranges)."""
+RAND_MAGNITUDE, RAND_OPS = 9, 2  # torchvision's RandAugment defaults
+INTERPOLATION = "bilinear"  # of the affine ops (torchvision's presets: BILINEAR)
+
+
+def _magnitudes(policy: str = "trivialaugmentwide", size: tuple[int, int] = (32, 32)):
+    """Each op's value at each of the 31 bins: TrivialAugmentWide's wide ranges, or
+    RandAugment's (translation a share of the image's size)."""
     import torch
 
     lin = lambda a, b: torch.linspace(a, b, BINS)  # noqa: E731
+    if policy == "randaugment":
+        h, w = size
+        return {"shear_x": lin(0, 0.3), "shear_y": lin(0, 0.3),
+                "translate_x": lin(0, 150 / 331 * w), "translate_y": lin(0, 150 / 331 * h),
+                "rotate": lin(0, 30), "brightness": lin(0, 0.9), "color": lin(0, 0.9),
+                "contrast": lin(0, 0.9), "sharpness": lin(0, 0.9),
+                "posterize": 8 - (torch.arange(BINS) / ((BINS - 1) / 4)).round(),
+                "solarize": lin(255, 0)}
     return {"shear_x": lin(0, 0.99), "shear_y": lin(0, 0.99), "translate_x": lin(0, 32),
             "translate_y": lin(0, 32), "rotate": lin(0, 135), "brightness": lin(0, 0.99),
             "color": lin(0, 0.99), "contrast": lin(0, 0.99), "sharpness": lin(0, 0.99),
@@ -37,14 +53,16 @@ def _magnitudes():
             "solarize": lin(255, 0)}
 
 
-def _draw(n: int, generator) -> dict:
-    """Per-image parameters on the host: every op at its identity but the one drawn."""
+def _draw(n: int, generator, mags: dict | None = None, magnitude: int | None = None) -> dict:
+    """Per-image parameters on the host: every op at its identity but the one drawn; the
+    bin is drawn (TrivialAugmentWide) or fixed at `magnitude` (RandAugment)."""
     import torch
 
     op = torch.randint(0, len(OPS), (n,), generator=generator)
     value = torch.zeros(n)
-    mags = _magnitudes()
-    bins = torch.randint(0, BINS, (n,), generator=generator)
+    mags = mags or _magnitudes()
+    bins = (torch.randint(0, BINS, (n,), generator=generator) if magnitude is None
+            else torch.full((n,), magnitude))
     sign = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
     params = {}
     for name, table in mags.items():
@@ -58,7 +76,7 @@ def _draw(n: int, generator) -> dict:
 
 
 def _affine(x, p):
-    """Rotation, shear and translation in one grid_sample (nearest, zero fill)."""
+    """Rotation, shear and translation in one grid_sample (bilinear, zero fill)."""
     import torch
     from torch.nn import functional as nnf
 
@@ -73,20 +91,41 @@ def _affine(x, p):
     t = torch.stack([-2 * p["translate_x"] / w, -2 * p["translate_y"] / h], 1).unsqueeze(2)
     theta = torch.cat([a @ shear, t], 2).to(x.device, x.dtype)
     grid = nnf.affine_grid(theta, list(x.shape), align_corners=False)
-    return nnf.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return nnf.grid_sample(x, grid, mode=INTERPOLATION, padding_mode="zeros",
+                           align_corners=False)
 
 
 def trivial_augment(x, generator):
     """TrivialAugmentWide on a 0..255 float NCHW batch of whole numbers (uint8 values), one
     op per image (see the module's docstring)."""
+    return _one_op(x, _draw(len(x), generator))
+
+
+def rand_augment(x, generator, *, num_ops: int = RAND_OPS, magnitude: int = RAND_MAGNITUDE):
+    """RandAugment on a 0..255 float NCHW batch: `num_ops` ops per image, each drawn from the
+    14 at a fixed `magnitude` of 31, with a random sign."""
+    mags = _magnitudes("randaugment", tuple(x.shape[-2:]))
+    for _ in range(num_ops):
+        x = _one_op(x, _draw(len(x), generator, mags, magnitude))
+    return x
+
+
+def augment_policy(name: str):
+    """The batched form of a policy named in toolkit.data.transforms.AUGMENT."""
+    return rand_augment if name == "randaugment" else trivial_augment
+
+
+def _one_op(x, params: dict):
+    """Each image of the batch through its own drawn op (the others at their identity)."""
     import torch
     from torch.nn import functional as nnf
 
-    p = {k: v.to(x.device) for k, v in _draw(len(x), generator).items()}
+    p = {k: v.to(x.device) for k, v in params.items()}
     v = lambda name: p[name].to(x.dtype).view(-1, 1, 1, 1)  # noqa: E731
     if bool((p["rotate"] != 0).any() or (p["shear_x"] != 0).any() or (p["shear_y"] != 0).any()
             or (p["translate_x"] != 0).any() or (p["translate_y"] != 0).any()):
         x = _affine(x, {k: t.cpu().float() for k, t in p.items() if k != "autocontrast"})
+        x = x.round_()  # to whole numbers, as torchvision's uint8 output: posterize floors
 
     def blend(a, b, f):
         return (a * f + b * (1 - f)).clamp_(0, 255)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import math
 
-from .gpu_augment import random_erasing, trivial_augment
+from .gpu_augment import augment_policy, random_erasing
 from ..core.errors import RtkError
 from ..core.manifest import Preprocess
 from .transforms import AUGMENT
@@ -264,7 +264,7 @@ class TrainBatch:
             hue = _to_device(hue_matrices(host[:, 5]), x.device) if spec["jitter"][3] else None
             x = color_jitter(x.float(), params[:, 2:5], order, hue=hue)
         if spec.get("policy"):  # torchvision's policy, batched: see toolkit.data.gpu_augment
-            x = trivial_augment(x.float(), generator)
+            x = augment_policy(spec["policy"])(x.float(), generator)
         x = self.normalize(x)
         if spec.get("erasing"):
             x = random_erasing(x, spec["erasing"], generator)

@@ -13,10 +13,11 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 # The card's augmentation levels, read by train_transform (PIL images, in DataLoader workers)
 # and by toolkit.data.gpu_transforms (whole batches on the GPU), so the two paths cannot drift:
 # RandomResizedCrop scale, rotation degrees, ColorJitter (brightness, contrast, saturation,
-# hue), torchvision's TrivialAugmentWide policy ("policy"; it draws rotation and colour ops
-# itself, so those levels need no separate ones) and RandomErasing's probability. Every level
-# but "none" also flips horizontally; "none" is the eval resize and crop. "heavy" also turns
-# on mixup and cutmix (toolkit.train.config.HEAVY_MIX).
+# hue), torchvision's TrivialAugmentWide or RandAugment policy ("policy"; it draws rotation and
+# colour ops itself, so those levels need no separate ones; bilinear, as torchvision's
+# classification presets use) and RandomErasing's probability. Every level but "none" also
+# flips horizontally; "none" is the eval resize and crop. "heavy" also turns on mixup and
+# cutmix (toolkit.train.config.HEAVY_MIX).
 AUGMENT: dict[str, dict[str, Any] | None] = {
     "none": None,
     "light": {"scale": (0.5, 1.0), "degrees": 0, "jitter": None},
@@ -24,7 +25,20 @@ AUGMENT: dict[str, dict[str, Any] | None] = {
                  "policy": "trivialaugmentwide"},
     "heavy": {"scale": (0.08, 1.0), "degrees": 0, "jitter": None,
               "policy": "trivialaugmentwide", "erasing": 0.25},
+    "randaugment": {"scale": (0.25, 1.0), "degrees": 0, "jitter": None,
+                    "policy": "randaugment"},
 }
+
+
+def policy(name: str):
+    """torchvision's augmentation policy `name`, with bilinear interpolation (torchvision's
+    classification presets pass it; the transform's own default is nearest)."""
+    from torchvision.transforms import v2 as T
+
+    bilinear = T.InterpolationMode.BILINEAR
+    if name == "randaugment":
+        return T.RandAugment(interpolation=bilinear)  # 2 ops at magnitude 9 of 31
+    return T.TrivialAugmentWide(interpolation=bilinear)
 
 
 def recipe(resize: int = 232, crop: int = 224, image_size: int | None = None,
@@ -60,7 +74,7 @@ def train_transform(pre: Preprocess, level: str) -> Callable:
         if spec["jitter"]:
             head.append(T.ColorJitter(*spec["jitter"]))
         if spec.get("policy"):
-            head.append(T.TrivialAugmentWide())
+            head.append(policy(spec["policy"]))
     tail = [T.RandomErasing(spec["erasing"])] if spec and spec.get("erasing") else []
     return T.Compose([T.PILToTensor(), *head, T.ToDtype(torch.float32, scale=True),
                       T.Normalize(list(pre.mean), list(pre.std)), *tail])

@@ -21,6 +21,8 @@ class TrainConfig:
     batch_size: int | str | None = None  # "auto": a probe picks it (toolkit.train.recipe)
     epochs: int | None = None
     lr: float | None = None
+    # the card's rate before the session scaled it to the effective batch (None: --lr given)
+    base_lr: float | None = None
     eval_steps: int = 1  # validate every N EPOCHS (not optimizer steps); the card's name
     preset: str = "none"
     augment: str | None = None
@@ -38,6 +40,7 @@ class TrainConfig:
     layer_decay: float | None = None  # ViTs: layer-wise learning-rate decay (off: None)
     mixup: float | None = None
     cutmix: float | None = None
+    mixup_off_epoch: int = 0  # mix the first N epochs only (timm's mixup_off_epoch); 0: all
     patience: int | None = None
     freeze_epochs: int | None = None
     backbone_lr_mult: float | None = None
@@ -71,6 +74,7 @@ def _check_recipe(cfg: TrainConfig) -> None:
               ("--backbone-lr-mult", cfg.backbone_lr_mult, 0 < cfg.backbone_lr_mult <= 1,
                "(0, 1]"),
               ("--accumulate", cfg.accumulate, 1 <= cfg.accumulate <= 64, "1 to 64"),
+              ("--mixup-off-epoch", cfg.mixup_off_epoch, cfg.mixup_off_epoch >= 0, ">= 0 (0: never)"),
               ("--ema-decay", cfg.ema_decay, 0 < cfg.ema_decay < 1, "(0, 1)"),
               ("--layer-decay", cfg.layer_decay,
                cfg.layer_decay is None or 0 < cfg.layer_decay <= 1, "(0, 1]")]
@@ -114,8 +118,10 @@ def resolve(cfg: TrainConfig, n_images: int, device: str) -> TrainConfig:
         # more than one epoch (a one-epoch run would never train the backbone)
         freeze_epochs=(cfg.freeze_epochs if cfg.freeze_epochs is not None
                        else 1 if pretrained(cfg.weights) and epochs > 1 else 0),
+        # --layer-decay sets the backbone's rates block by block: no flat multiplier on top
         backbone_lr_mult=(cfg.backbone_lr_mult if cfg.backbone_lr_mult is not None
-                          else 0.1 if pretrained(cfg.weights) else 1.0),
+                          else 0.1 if pretrained(cfg.weights) and cfg.layer_decay is None
+                          else 1.0),
     )
     for name in presets.RANGES:
         if name == "batch_size" and cfg.batch_size == "auto":

@@ -55,8 +55,12 @@ def init_distributed(device: str) -> tuple[int, int]:
     return dist.get_rank(), world
 
 
-def warmup_cosine(optimizer, total_steps: int, warmup_steps: int):
-    """Linear warm-up then cosine decay to zero, stepped per batch."""
+def warmup_cosine(optimizer, total_steps: int, warmup_steps: int, *,
+                  rewarm_at: int | None = None, rewarm_steps: int = 0):
+    """Linear warm-up then cosine decay to zero, stepped per optimizer step. With `rewarm_at`
+    (the first step after the head-only epochs), the groups whose "part" is "backbone"
+    (toolkit.train.optim.param_groups) warm up again, linearly over `rewarm_steps`: the
+    thawed backbone's first steps do not take the full rate at once."""
     import torch
 
     def factor(step: int) -> float:
@@ -65,7 +69,14 @@ def warmup_cosine(optimizer, total_steps: int, warmup_steps: int):
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def backbone(step: int) -> float:
+        if rewarm_at is not None and rewarm_at <= step < rewarm_at + rewarm_steps:
+            return factor(step) * (step - rewarm_at + 1) / rewarm_steps
+        return factor(step)
+
+    lambdas = [backbone if g.get("part") == "backbone" else factor
+               for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
 def make_optimizer(params, lr: float, weight_decay: float, *, device: str):
@@ -101,7 +112,7 @@ class DeviceTotals:
         self.class_correct = self.class_seen = None
 
     def add(self, loss, logits, y) -> None:
-        """`y` holds class indices (soft targets count as their largest class)."""
+        """`y` holds class indices (a mixed target counts as its largest class)."""
         import torch
 
         k = logits.shape[1]
@@ -221,7 +232,9 @@ def train_one_epoch(model, loader, optimizer, *, scheduler, scaler, rt: Runtime,
                 scheduler.step()
                 if opts.ema is not None:
                     opts.ema.update()
-            running.add(loss, logits, y)
+            # under mixup/cutmix the prediction is scored against the mixed target's largest
+            # class, not the pre-mix label: the overfitting diagnosis reads this accuracy
+            running.add(loss, logits, target.argmax(1) if target.ndim == 2 else y)
             if step % LOG_EVERY == 0 or step == skip_batches + 1 or step == n:
                 last_loss = running.flush(totals, step)
             if on_batch:

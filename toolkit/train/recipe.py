@@ -1,12 +1,10 @@
-"""The fine-tuning recipe's parts: weight EMA, mixup/cutmix, class balance, head-only warm-up,
-early stopping and the automatic batch size. `toolkit.train.session` puts them together."""
+"""The fine-tuning recipe's parts: weight EMA, mixup/cutmix, class balance, head-only warm-up
+and early stopping (the automatic batch size: toolkit.train.autobatch). `toolkit.train.session`
+puts them together."""
 
 from __future__ import annotations
 
-import math
-import os
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -18,10 +16,13 @@ IMBALANCE_RATIO = 3.0  # --balance auto balances when the largest class is over 
 class ModelEma:
     """An exponential moving average of a model's weights, with timm's decay warm-up
     (ModelEmaV3: decay_t = min(decay, 1 - (1 + t) ** -power)), so a short fine-tuning run
-    averages over a window that grows with it. Buffers (BatchNorm statistics) are copied.
+    averages over a window that grows with it. Floating-point buffers (BatchNorm's running
+    mean and variance) are averaged with the same decay, as timm's default, torchvision's
+    AveragedModel(use_buffers=True) and Ultralytics' ModelEMA do, so the EMA weights are
+    validated with statistics of their own; integer buffers (num_batches_tracked) are copied.
 
-    The update is one `torch._foreach_lerp_` over the floating-point parameters: a few
-    fused passes over the weights, no per-tensor Python loop."""
+    The update is one `torch._foreach_lerp_` over the floating-point parameters and buffers:
+    a few fused passes over the weights, no per-tensor Python loop."""
 
     def __init__(self, model, decay: float = 0.9998, power: float = 0.75):
         import copy
@@ -31,10 +32,11 @@ class ModelEma:
         src = unwrap(model)
         self.module = copy.deepcopy(src).eval().requires_grad_(False)
         self.decay, self.power, self.updates = decay, power, 0
-        pairs = [(e, s) for e, s in zip(self.module.parameters(), src.parameters())
-                 if e.dtype.is_floating_point]
-        self._ema, self._src = [e for e, _ in pairs], [s for _, s in pairs]
-        self._buffers = list(zip(self.module.buffers(), src.buffers()))
+        tensors = list(zip([*self.module.parameters(), *self.module.buffers()],
+                           [*src.parameters(), *src.buffers()]))
+        floats = [(e, s) for e, s in tensors if e.dtype.is_floating_point]
+        self._ema, self._src = [e for e, _ in floats], [s for _, s in floats]
+        self._copied = [(e, s) for e, s in tensors if not e.dtype.is_floating_point]
 
     def current_decay(self) -> float:
         return min(self.decay, 1.0 - (1.0 + self.updates) ** -self.power)
@@ -46,7 +48,7 @@ class ModelEma:
             weight = 1.0 - self.current_decay()
             self.updates += 1
             torch._foreach_lerp_(self._ema, self._src, weight)
-            for e, s in self._buffers:
+            for e, s in self._copied:
                 e.copy_(s)
 
     def state_dict(self) -> dict[str, Any]:
@@ -62,22 +64,23 @@ class ModelEma:
 class BatchMix:
     """MixUp and/or CutMix (torchvision.transforms.v2, one of the two per batch when both are
     on) with soft targets. Each batch draws from its own seed, so a resumed epoch replays
-    the batches after the skipped ones exactly, and the global RNG is left untouched."""
+    the batches after the skipped ones exactly, and the global RNG is left untouched; the
+    seed includes the process's rank, so the processes of a torchrun job mix differently."""
 
-    def __init__(self, num_classes: int, mixup: float, cutmix: float):
+    def __init__(self, num_classes: int, mixup: float, cutmix: float, rank: int = 0):
         from torchvision.transforms import v2 as T
 
         mixes = ([T.MixUp(alpha=mixup, num_classes=num_classes)] if mixup > 0 else []) + \
                 ([T.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix > 0 else [])
         self.transform = mixes[0] if len(mixes) == 1 else T.RandomChoice(mixes)
-        self.seed = 0
+        self.seed, self.rank = 0, rank
 
     def __call__(self, x, y, step: int):
         import torch
 
         # torch.manual_seed reseeds CUDA too: restore this process's device generator as well
         with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
-            torch.manual_seed(self.seed * 1_000_003 + step)
+            torch.manual_seed(self.seed * 1_000_003 + step + self.rank * 1_000_000_007)
             return self.transform(x, y)
 
 
@@ -177,98 +180,3 @@ class EarlyStop:
         if self.patience and self.bad >= self.patience:
             self.stopped_epoch = epoch
         return False
-
-
-@contextmanager
-def buffers_kept(model):
-    """Run a probe in train mode without moving BatchNorm's running statistics: the pretrained
-    (or resumed) buffers are restored afterwards."""
-    import torch
-
-    saved = {name: b.clone() for name, b in model.named_buffers()}
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for name, b in model.named_buffers():
-                b.copy_(saved[name])
-
-
-def saved_bytes_per_image(model, image_size: int, device: str = "cpu") -> int:
-    """The activations a training step keeps for backward, per image: every tensor autograd
-    saves during one forward pass of 2 images, counted by a saved-tensors hook."""
-    import torch
-
-    total = [0]
-
-    def pack(t):
-        total[0] += t.numel() * t.element_size()
-        return t
-
-    x = torch.zeros(2, 3, image_size, image_size, device=device)
-    was_training = model.training
-    model.train()
-    with buffers_kept(model), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x).sum()
-    model.train(was_training)
-    return total[0] // 2
-
-
-def available_memory_bytes() -> int:
-    """MemAvailable from /proc/meminfo, else the free physical pages."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-BATCH_CANDIDATES = (64, 48, 32, 24, 16, 12, 8, 6, 4, 2)  # the card's 2-64, largest first
-
-
-def cpu_batch_size(model, image_size: int) -> tuple[int, str]:
-    """The largest card batch whose saved activations and weights (x4: AdamW's two moments
-    and the gradient) fit in a quarter of the available memory; (batch, why)."""
-    per_image = saved_bytes_per_image(model, image_size)
-    weights = 4 * sum(p.numel() * p.element_size() for p in model.parameters())
-    budget = available_memory_bytes() // 4
-    batch = next((b for b in BATCH_CANDIDATES if weights + b * per_image <= budget), 2)
-    return batch, (f"CPU: picked by memory ({per_image / 2**20:.0f} MiB of activations per "
-                   f"image, {budget / 2**30:.1f} GiB budget = a quarter of the available)")
-
-
-def cuda_batch_size(model, image_size: int, amp_dtype, *, num_classes: int) -> tuple[int, str]:
-    """The largest card batch for which a forward and backward pass run without running out
-    of memory, largest first, keeping 10% of the device free for the optimizer's first step
-    and fragmentation. UNVERIFIED: written against torch's documented CUDA memory API; the
-    test suite has no GPU."""
-    import torch
-
-    total = torch.cuda.get_device_properties(0).total_memory
-    # AdamW's moments are created by its first step, after the probe: count them now
-    moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters())
-    with buffers_kept(model):  # the probe's training-mode passes must not move BatchNorm
-        for batch in BATCH_CANDIDATES:
-            try:
-                torch.cuda.reset_peak_memory_stats()
-                x = torch.randn(batch, 3, image_size, image_size, device="cuda").contiguous(
-                    memory_format=torch.channels_last)
-                y = torch.randint(0, num_classes, (batch,), device="cuda")
-                with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss = torch.nn.functional.cross_entropy(model(x), y)
-                loss.backward()
-                torch.cuda.synchronize()
-                peak = torch.cuda.max_memory_allocated() + moments
-                fits = peak <= 0.9 * total
-            except torch.cuda.OutOfMemoryError:
-                fits, peak = False, math.inf
-            finally:
-                model.zero_grad(set_to_none=True)
-                x = y = loss = None  # noqa: F841 - free the probe's tensors before the next try
-                torch.cuda.empty_cache()
-            if fits:
-                return batch, f"CUDA probe: batch {batch} peaked at {peak / 2**30:.1f} GiB"
-    return 2, "CUDA probe: even batch 4 ran out of memory; using the card's minimum 2"
