@@ -19,7 +19,9 @@ def to_fp16(src: Path, dst: Path) -> str:
     """FP16 graph with the uint8 input and FP32 logits kept; ModelOpt AutoCast where installed.
 
     A transformer's LayerNorms stay FP32: after attention their sums of squares overflow
-    half precision, which TensorRT's own build warning says, and ModelOpt keeps them too."""
+    half precision, as TensorRT's build warns. It also keeps ONNX Runtime 1.32 from crashing:
+    ViT-B/16's graph with half LayerNorms segfaults session creation at ORT_ENABLE_ALL, the
+    one with FP32 LayerNorms opens (both probed in a child, 224 px, 2026-12-03)."""
     onnx = require("onnx", "onnx")
     keep = list(FP32_TRANSFORMER_OPS) if is_transformer(src) else []
     autocast = _modelopt_autocast()
