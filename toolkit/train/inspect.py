@@ -53,7 +53,8 @@ def recipe_advice(preset: presets.Preset, ratio: float | None) -> list[str]:
     advice = [f"--augment {preset.augment}{mix}"
               + (" (TrivialAugmentWide" + (", random erasing)" if preset.augment == "heavy"
                                            else ")") if preset.augment != "light" else ""),
-              "--ema (on by default): model.pt is the better of the raw and averaged weights",
+              "--ema (on by default): model.pt holds the averaged weights, which alone pick "
+              "the best epoch",
               "pretrained weights: a head-only first epoch (--freeze-epochs 1), then the "
               "backbone at 0.1 x --lr (--backbone-lr-mult)"]
     if preset.patience:
