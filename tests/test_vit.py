@@ -250,6 +250,18 @@ def test_label_smoothing_defaults_follow_the_architecture():
     assert smoothing(arch="vit_b_16", label_smoothing=0.0) == 0.0  # as given
 
 
+def test_layer_decay_replaces_the_flat_backbone_multiplier():
+    from toolkit.train.config import TrainConfig, resolve
+
+    def mult(**kw):
+        cfg = TrainConfig(data_dir="d", out="o", arch="vit_b_16", weights="imagenet", **kw)
+        return resolve(cfg, 100, "cpu").backbone_lr_mult
+
+    assert mult() == 0.1  # pretrained: the backbone at a tenth of --lr
+    assert mult(layer_decay=0.65) == 1.0  # the blocks' own rates instead
+    assert mult(layer_decay=0.65, backbone_lr_mult=0.5) == 0.5  # as given
+
+
 def test_the_advice_names_the_option_that_takes_it():
     from toolkit.train import presets
 
