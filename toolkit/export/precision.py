@@ -23,7 +23,8 @@ def to_fp16(src: Path, dst: Path) -> str:
     ViT-B/16's graph with half LayerNorms segfaults session creation at ORT_ENABLE_ALL, the
     one with FP32 LayerNorms opens (both probed in a child, 224 px, 2026-12-03)."""
     onnx = require("onnx", "onnx")
-    keep = list(FP32_TRANSFORMER_OPS) if is_transformer(src) else []
+    model = onnx.load(str(src))
+    keep = list(FP32_TRANSFORMER_OPS) if is_transformer(model.graph) else []
     autocast = _modelopt_autocast()
     if autocast is not None:
         model, tool = autocast(str(src), low_precision_type="fp16", keep_io_types=True,
@@ -33,7 +34,7 @@ def to_fp16(src: Path, dst: Path) -> str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # per-initializer range warnings; the gate judges
             model = float16.convert_float_to_float16(
-                onnx.load(str(src)), keep_io_types=True,
+                model, keep_io_types=True,
                 op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + keep)
         tool = "onnxconverter-common"
         _cast_images_to_half(model)
@@ -84,10 +85,8 @@ def prepare_for_int8(src: Path, dst: Path) -> Path:
     return dst
 
 
-def preprocessing_nodes(path: Path) -> list[str]:
+def preprocessing_nodes(graph) -> list[str]:
     """Names of the nodes between the image input and the first convolution or matmul."""
-    onnx = require("onnx", "onnx")
-    graph = onnx.load(str(path), load_external_data=False).graph
     reached = {i.name for i in graph.input}
     prefix = []
     for node in graph.node:  # topological order
@@ -117,18 +116,14 @@ FP32_TRANSFORMER_OPS = ("LayerNormalization",)
 TRANSFORMER_OPS = ("MatMul", "Gemm")
 
 
-def is_transformer(path: Path) -> bool:
-    """A graph with LayerNormalization: quantized by the transformer rule."""
-    onnx = require("onnx", "onnx")
-    graph = onnx.load(str(path), load_external_data=False).graph
+def is_transformer(graph) -> bool:
+    """A graph (GraphProto) with LayerNormalization: converted by the transformer rules."""
     return any(n.op_type == "LayerNormalization" for n in graph.node)
 
 
-def activation_products(path: Path) -> list[str]:
+def activation_products(graph) -> list[str]:
     """MatMul nodes whose second operand is not a weight (attention's Q.K^T and A.V).
     ONNX Runtime's MatMulConstBOnly option covers its QOperator format only, not Q/DQ."""
-    onnx = require("onnx", "onnx")
-    graph = onnx.load(str(path), load_external_data=False).graph
     weights = {i.name for i in graph.initializer}
     return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] not in weights]
 
@@ -169,14 +164,15 @@ def to_int8(prepared: Path, dst: Path, calibration: Iterator[np.ndarray] | None,
             return None if batch is None else {input_name: batch}
 
     extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True}
-    transformer = is_transformer(prepared)
+    graph = require("onnx", "onnx").load(str(prepared)).graph  # read once for the rules below
+    transformer = is_transformer(graph)
     ops = {"op_types_to_quantize": list(TRANSFORMER_OPS)} if transformer else {}
-    products = activation_products(prepared) if transformer else []
+    products = activation_products(graph) if transformer else []
     if transformer:
         extra["OpTypesToExcludeOutputQuantization"] = list(TRANSFORMER_OPS)
     # The contract's normalisation (toolkit/core/contract.py) stays float: quantized, its per-pixel
     # Mul and Add ran as QLinearMul/QLinearAdd at full resolution, 20% of ResNet-50's time here.
-    float_prefix = preprocessing_nodes(prepared)
+    float_prefix = preprocessing_nodes(graph)
     cached = {"calibration_cache_path": str(cache)} if cache is not None else {}
     # The histogram calibrators print progress to stdout, which holds `--json` output.
     with atomic_path(dst) as tmp, contextlib.redirect_stdout(sys.stderr):

@@ -105,15 +105,13 @@ def layer_decay_groups(model, decay: float) -> list[tuple[list, float]]:
     decay (BEiT, MAE; timm's `param_groups_layer_decay`): the head trains at the full rate,
     each encoder block below it at `decay` times the one above, the patch and position
     embeddings at decay^(blocks + 1)."""
-    names = [n for n, _ in model.named_parameters()]
-    blocks = sorted({int(n.split(".")[2].rsplit("_", 1)[1]) for n in names
-                     if n.startswith("encoder.layers.")})
+    blocks = len(getattr(getattr(model, "encoder", None), "layers", ()))
     if not blocks:
         raise RtkError("--layer-decay needs a Vision Transformer (--arch vit_b_16).",
                        "Leave --layer-decay out for this architecture.")
-    top = len(blocks) + 1
+    top = blocks + 1
 
-    def depth(name: str) -> int:
+    def depth(name: str) -> int:  # encoder.layers.encoder_layer_<i>.* is block i
         if name.startswith("encoder.layers."):
             return int(name.split(".")[2].rsplit("_", 1)[1]) + 1
         if name.startswith(("conv_proj", "class_token", "encoder.pos_embedding")):

@@ -60,9 +60,14 @@ def available_memory_bytes() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def param_bytes(model) -> int:
+    """The parameters of one copy of the model (a gradient or an AdamW moment is as large)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def model_bytes(model) -> int:
     """Parameters and buffers of one copy of the model (the EMA keeps one more)."""
-    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    return param_bytes(model) + sum(b.numel() * b.element_size() for b in model.buffers())
 
 
 def cpu_batch_size(model, image_size: int, *, ema: bool = False) -> tuple[int, str]:
@@ -70,8 +75,7 @@ def cpu_batch_size(model, image_size: int, *, ema: bool = False) -> tuple[int, s
     and the gradient; one more copy with the EMA) fit in a quarter of the available memory;
     (batch, why)."""
     per_image = saved_bytes_per_image(model, image_size)
-    weights = 4 * sum(p.numel() * p.element_size() for p in model.parameters())
-    weights += model_bytes(model) if ema else 0
+    weights = 4 * param_bytes(model) + (model_bytes(model) if ema else 0)
     budget = available_memory_bytes() // 4
     batch = next((b for b in BATCH_CANDIDATES if weights + b * per_image <= budget), MIN_BATCH)
     return batch, (f"CPU: picked by memory ({per_image / 2**20:.0f} MiB of activations per "
@@ -101,8 +105,7 @@ def cuda_batch_size(model, image_size: int, amp_dtype, *, num_classes: int, ema:
     free, _ = torch.cuda.mem_get_info()
     budget = 0.9 * (free + torch.cuda.memory_allocated())
     # AdamW's moments are created by its first step, after the probe: count them now
-    later = 2 * sum(p.numel() * p.element_size() for p in model.parameters())
-    later += model_bytes(model) if ema else 0
+    later = 2 * param_bytes(model) + (model_bytes(model) if ema else 0)
     per_image = decode_bytes_per_image(image_size) if gpu_decode else 0
     benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
     try:

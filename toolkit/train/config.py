@@ -101,13 +101,11 @@ def resolve(cfg: TrainConfig, n_images: int, device: str) -> TrainConfig:
         ema=pick(cfg.ema, preset.ema, True),
         patience=pick(cfg.patience, preset.patience, 0),
     )
-    from .archs import check_image_size, is_transformer
+    from .archs import is_transformer
 
     family = ARCH_RECIPES["transformer" if is_transformer(cfg.arch) else "cnn"]
     cfg = replace(cfg, label_smoothing=(cfg.label_smoothing if cfg.label_smoothing is not None
                                         else family["label_smoothing"]))
-    if cfg.image_size is not None:
-        check_image_size(cfg.arch, cfg.image_size)
     heavy = cfg.augment == "heavy"
     epochs = cfg.epochs
     cfg = replace(

@@ -42,15 +42,11 @@ def preprocessing_for(arch: str, weights: str, image_size: int | None) -> Prepro
     architecture without weights takes torchvision's ImageNet recipe)."""
     w = imagenet_weights(arch)
     if w is None:
-        size = recipe(image_size=image_size)
-        archs.check_image_size(arch, size.crop)
-        return size
+        return recipe(image_size=image_size)
     t = w.transforms()
     resize = t.resize_size[0] if isinstance(t.resize_size, (list, tuple)) else t.resize_size
     crop = t.crop_size[0] if isinstance(t.crop_size, (list, tuple)) else t.crop_size
-    pre = recipe(resize, crop, image_size, source=str(w).split(".")[-1])
-    archs.check_image_size(arch, pre.crop)
-    return pre
+    return recipe(resize, crop, image_size, source=str(w).split(".")[-1])
 
 
 def _load_state_dict(path: Path) -> dict:
